@@ -1,0 +1,49 @@
+"""torchrun helpers for bundle configs: process group (NCCL on GPU, gloo on CPU), device, DDP wrapping."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["init_distributed", "distributed_device", "wrap_ddp"]
+
+
+def init_distributed(backend: str = "auto") -> int:
+    """Initialise the default process group from torchrun's environment; returns this process's rank.
+
+    Args:
+        backend: ``"auto"`` (NCCL when CUDA is available, gloo otherwise), or an explicit backend name.
+
+    Raises:
+        RuntimeError: when not launched by torchrun (no ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``).
+    """
+    missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise RuntimeError(f"distributed training needs torchrun's environment; missing {missing}")
+    if not dist.is_initialized():
+        if backend == "auto":
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return dist.get_rank()
+
+
+def distributed_device() -> torch.device:
+    """``cuda:<LOCAL_RANK>`` when CUDA is available (and selects it), else ``cpu``."""
+    if torch.cuda.is_available():
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+        torch.cuda.set_device(device)
+        return device
+    return torch.device("cpu")
+
+
+def wrap_ddp(
+    module: torch.nn.Module, device: torch.device | str, find_unused_parameters: bool = False
+) -> torch.nn.parallel.DistributedDataParallel:
+    """Wrap ``module`` (already on ``device`` and in its memory layout) in DistributedDataParallel."""
+    device = torch.device(device)
+    device_ids = [device] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(
+        module, device_ids=device_ids, find_unused_parameters=find_unused_parameters
+    )
