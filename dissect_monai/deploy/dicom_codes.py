@@ -1,0 +1,119 @@
+"""Coded concepts and algorithm identification shared by the DICOM SEG and SR writers."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import highdicom as hd
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+from pydicom.sr.codedict import codes
+
+import dissect_monai
+
+__all__ = ["AlgorithmInfo", "LOCAL_CODING_SCHEME", "concept_for_name", "reference_view"]
+
+#: Private coding scheme (DICOM PS3.16 allows "99"-prefixed local schemes) for names without a SNOMED CT code.
+LOCAL_CODING_SCHEME = "99DISSECT"
+
+#: Spellings our bundles use that differ from the SNOMED CT attribute names in pydicom's code dictionary.
+_SNOMED_ALIASES = {"lungs": "Lung", "effusion": "PleuralEffusion"}
+
+#: SNOMED CT concepts our bundles name that pydicom's code dictionary lacks: name -> (code value, meaning).
+_EXTRA_SNOMED = {
+    "pneumonia": ("233604007", "Pneumonia"),
+    "left_lung": ("44029006", "Left lung"),
+    "right_lung": ("3341006", "Right lung"),
+}
+
+
+@dataclass(frozen=True)
+class AlgorithmInfo:
+    """Identification of the algorithm that produced a SEG or SR (DICOM Algorithm Identification Sequence).
+
+    Attributes:
+        name: algorithm name, e.g. the bundle name ``"dissect_cxr_classification"``.
+        version: algorithm version, e.g. the bundle version from ``configs/metadata.json``.
+        manufacturer: written as Manufacturer of the derived series.
+        model_name: written as ManufacturerModelName.
+        software_version: written as SoftwareVersions (defaults to the ``dissect_monai`` version).
+    """
+
+    name: str
+    version: str
+    manufacturer: str = "dissect-monai"
+    model_name: str = "dissect-monai inference node"
+    software_version: str = dissect_monai.__version__
+
+    def segmentation_identification(self) -> hd.AlgorithmIdentificationSequence:
+        """Algorithm Identification Sequence for a SEG segment description (family: Artificial Intelligence)."""
+        return hd.AlgorithmIdentificationSequence(
+            name=self.name, family=codes.DCM.ArtificialIntelligence, version=self.version
+        )
+
+    def sr_identification(self) -> hd.sr.AlgorithmIdentification:
+        """TID 4019 Algorithm Identification for an SR measurement group."""
+        return hd.sr.AlgorithmIdentification(name=self.name, version=self.version)
+
+
+def _camel_case(name: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^0-9A-Za-z]+", name) if part)
+
+
+def concept_for_name(name: str, scheme: str = "SCT") -> hd.sr.CodedConcept:
+    """Coded concept for a label or finding name.
+
+    Looks the name up in pydicom's code dictionary of ``scheme`` (``"Pneumonia"``, ``"left lung"``, ``"liver"``
+    all resolve to SNOMED CT) and falls back to a concept in the local coding scheme :data:`LOCAL_CODING_SCHEME`
+    whose code value and meaning are the name itself (truncated to the 16 characters a DICOM code value allows).
+
+    Args:
+        name: label / finding name as written in the bundle's ``channel_def`` or label names.
+        scheme: pydicom code dictionary to search first.
+    """
+    if not name or not name.strip():
+        raise ValueError("a segment / finding name must be a non-empty string")
+    normalised = re.sub(r"[^0-9a-z]+", "_", name.strip().lower())
+    if scheme == "SCT" and normalised in _EXTRA_SNOMED:
+        return hd.sr.CodedConcept(_EXTRA_SNOMED[normalised][0], "SCT", _EXTRA_SNOMED[normalised][1])
+    key = _SNOMED_ALIASES.get(normalised, _camel_case(name))
+    table = getattr(codes, scheme)
+    if key in table.dir(key):
+        code = getattr(table, key)
+        return hd.sr.CodedConcept(code.value, code.scheme_designator, code.meaning)
+    value = re.sub(r"[^0-9A-Za-z_]+", "_", name.strip()).upper()[:16]
+    return hd.sr.CodedConcept(value, LOCAL_CODING_SCHEME, name.strip()[:64])
+
+
+_PLANE_GEOMETRY = ("ImagePositionPatient", "ImageOrientationPatient")
+
+
+def reference_view(ds: Dataset) -> Dataset:
+    """The attributes of a source instance that a derived SEG / SR copies and references, without pixel data.
+
+    The view shares the data elements of ``ds`` (nothing is copied or modified) and repairs what real archives
+    send but highdicom refuses:
+
+    * an empty SOPClassUID (e.g. anonymised CT) is taken from the file meta MediaStorageSOPClassUID;
+    * a projection image (no ImagePositionPatient / ImageOrientationPatient) loses PixelSpacing, which highdicom
+      would write as a Pixel Measures item without SliceThickness that highdicom 0.28 itself cannot read back.
+
+    Raises:
+        ValueError: when the SOP class cannot be determined.
+    """
+    view = Dataset()
+    projection = not all(k in ds for k in _PLANE_GEOMETRY)
+    for element in ds:
+        if element.keyword == "PixelData" or (projection and element.keyword == "PixelSpacing"):
+            continue
+        view.add(element)
+    if not str(view.get("SOPClassUID", "")).strip():
+        meta_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "").strip()
+        if not meta_class:
+            raise ValueError(f"source instance {ds.get('SOPInstanceUID', '?')} has no SOP Class UID")
+        view.add(DataElement(Tag("SOPClassUID"), "UI", meta_class))  # a new element: the source's stays empty
+    if hasattr(ds, "file_meta"):
+        view.file_meta = ds.file_meta
+    return view
