@@ -1,0 +1,78 @@
+"""Read PNG/JPEG (Pillow) and NIfTI (nibabel) into :class:`RawImage`."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import nibabel as nib
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from dissect_monai.transforms.errors import ImageLoadError
+from dissect_monai.transforms.raw_image import RawImage
+
+__all__ = ["RASTER_SUFFIXES", "NIFTI_SUFFIXES", "read_raster", "read_nifti"]
+
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def read_raster(path: str | os.PathLike) -> RawImage:
+    """Read a PNG/JPEG/TIFF as grayscale ``(1, H, W)`` (rows first), identity affine.
+
+    RGB(A) and palette images are converted to luminance (identical channels, as in Kermany's JPEGs,
+    come out unchanged); 16-bit images keep their depth. "unit" divides by the bit depth's maximum.
+
+    Raises:
+        ImageLoadError: missing, unidentifiable or truncated files.
+    """
+    if not os.path.isfile(path):
+        raise ImageLoadError(path, "file not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                mode = img.mode
+                if mode in ("I;16", "I;16B", "I;16L", "I"):
+                    array = np.asarray(img, dtype=np.float32)
+                    scale = 65535.0
+                else:
+                    array = np.asarray(img.convert("L"), dtype=np.float32)
+                    scale = 255.0
+    except UnidentifiedImageError as e:
+        raise ImageLoadError(path, "not a readable image (unknown or corrupt format)") from e
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
+        raise ImageLoadError(path, f"cannot decode image ({type(e).__name__}: {e})") from e
+    meta = {"source_format": "raster", "source_mode": mode}
+    return RawImage(values=array[None], affine=np.eye(4), meta=meta, filename=str(path), unit_scale=scale)
+
+
+def read_nifti(path: str | os.PathLike) -> RawImage:
+    """Read a NIfTI file with its affine: 2D ``(1, X, Y)``, 3D ``(1, X, Y, Z)``, 4D ``(T, X, Y, Z)``.
+
+    Values are the scaled data (``scl_slope``/``scl_inter`` applied), voxel order and affine as stored
+    (nibabel's RAS world), so orientation and spacing are kept.
+
+    Raises:
+        ImageLoadError: missing, unreadable or truncated files, unsupported dimensionality.
+    """
+    if not os.path.isfile(path):
+        raise ImageLoadError(path, "file not found")
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as e:  # nibabel/gzip/zlib raise many types for truncated or corrupt files
+        raise ImageLoadError(path, f"cannot read NIfTI ({type(e).__name__}: {e})") from e
+    data = np.squeeze(data, axis=tuple(range(3, data.ndim))) if data.ndim > 3 and data.shape[3:] == (1,) * (
+        data.ndim - 3) else data
+    if data.ndim in (2, 3):
+        values = data[None]
+    elif data.ndim == 4:
+        values = np.moveaxis(data, -1, 0)
+    else:
+        raise ImageLoadError(path, f"unsupported NIfTI shape {data.shape} (need 2D, 3D or 4D)")
+    meta = {"source_format": "nifti"}
+    return RawImage(values=np.ascontiguousarray(values), affine=np.asarray(img.affine, dtype=np.float64),
+                    meta=meta, filename=str(path))
