@@ -1,1 +1,29 @@
+"""Datalists (CSV, folders, DICOM trees, the project's datasets and pretraining pool), patient-level splits,
+label-fraction sampling, and datasets that skip and count unreadable images."""
 
+from dissect_monai.data.datalists import (
+    DATASETS,
+    csv_datalist,
+    dataset_datalist,
+    default_data_root,
+    dicom_datalist,
+    folder_datalist,
+)
+from dissect_monai.data.pool import POOL_SOURCES, pool_summary, pretraining_pool
+from dissect_monai.data.splits import LABEL_FRACTIONS, group_by_patient, sample_label_fraction, split_by_patient
+
+__all__ = [
+    "DATASETS",
+    "LABEL_FRACTIONS",
+    "POOL_SOURCES",
+    "csv_datalist",
+    "dataset_datalist",
+    "default_data_root",
+    "dicom_datalist",
+    "folder_datalist",
+    "group_by_patient",
+    "pool_summary",
+    "pretraining_pool",
+    "sample_label_fraction",
+    "split_by_patient",
+]

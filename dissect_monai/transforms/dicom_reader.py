@@ -180,10 +180,18 @@ def _voi_lut(ds: pydicom.Dataset):
     return lut
 
 
+def _sop_instance_uid(ds: pydicom.Dataset) -> str:
+    """SOPInstanceUID, or the file meta's copy when the dataset's was blanked (as some anonymisers do)."""
+    uid = str(ds.get("SOPInstanceUID", "") or "")
+    return uid or str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPInstanceUID", "") or "")
+
+
 def _safe_meta(ds: pydicom.Dataset) -> dict:
     meta = {}
     for tag in SAFE_TAGS:
         value = ds.get(tag)
+        if tag == "SOPClassUID" and not value:
+            value = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
         if value is None:
             meta[tag] = ""
         elif isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
@@ -227,7 +235,7 @@ def _single_instance(ds: pydicom.Dataset, filename) -> RawImage:
     values = _modality_values(ds, stored, filename)
     spacing, spacing_source = _pixel_spacing(ds)
     meta = _safe_meta(ds)
-    meta.update(SOPInstanceUID=str(ds.get("SOPInstanceUID", "")), spacing_source=spacing_source)
+    meta.update(SOPInstanceUID=_sop_instance_uid(ds), spacing_source=spacing_source)
     common = dict(
         filename=filename,
         modality=meta["Modality"],
@@ -294,7 +302,7 @@ def _series(paths: Sequence[str], filename, series_uid: str | None) -> RawImage:
     values = np.stack(slices, axis=-1).transpose(1, 0, 2)[None]  # (1, columns, rows, slices)
     middle = datasets[len(datasets) // 2]
     meta = _safe_meta(middle)
-    meta.update(SOPInstanceUID="\\".join(str(ds.get("SOPInstanceUID", "")) for ds in datasets),
+    meta.update(SOPInstanceUID="\\".join(_sop_instance_uid(ds) for ds in datasets),
                 spacing_source=spacing_source)
     return RawImage(
         values=np.ascontiguousarray(values),

@@ -1,0 +1,137 @@
+"""Write a predicted label map as a DICOM SEG referencing its DICOM source (segmentation bundles' inference).
+
+The SEG itself is built by :mod:`dissect_monai.deploy.seg_writer` (highdicom); this transform finds the source
+instances from the prediction's metadata (``filename_or_obj`` and ``SOPInstanceUID`` kept by
+:class:`dissect_monai.transforms.LoadMedicalImaged`) and writes one SEG per image. Predictions on non-DICOM
+inputs (PNG, NIfTI) are passed through untouched, so the same inference config serves every input type.
+highdicom is imported only when a SEG is written, so the transform also loads where highdicom is absent
+(MONAI Label's environment, whose studies are NIfTI/PNG).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+
+from dissect_monai.transforms.dicom_reader import is_dicom_file
+
+__all__ = ["SaveDicomSegd", "segment_names_from_channel_def", "source_instances"]
+
+logger = logging.getLogger(__name__)
+
+
+def segment_names_from_channel_def(channel_def: Mapping[str | int, str]) -> dict[int, str]:
+    """``{"0": "background", "1": "lung"}`` (metadata ``channel_def``) -> ``{1: "lung"}`` (labels >= 1)."""
+    names = {int(k): str(v) for k, v in channel_def.items() if int(k) > 0}
+    if not names:
+        raise ValueError(f"channel_def {dict(channel_def)} names no foreground label")
+    return names
+
+
+def source_instances(filename: str | Path, sop_instance_uids: str) -> list[pydicom.Dataset]:
+    """The DICOM instances a prediction was made from.
+
+    Args:
+        filename: ``filename_or_obj`` of the loaded image: one DICOM file, or the directory of a series.
+        sop_instance_uids: the ``SOPInstanceUID`` meta entry (backslash-joined for a series, in slice order).
+
+    Returns:
+        the instances (with pixel data), in the order of ``sop_instance_uids``.
+
+    Raises:
+        FileNotFoundError: a referenced instance is not found under ``filename``.
+    """
+    path = Path(filename)
+    wanted = [uid for uid in str(sop_instance_uids).split("\\") if uid]
+    if path.is_file():
+        return [pydicom.dcmread(path)]
+    found: dict[str, pydicom.Dataset] = {}
+    for item in sorted(path.iterdir()):
+        if item.is_file() and (is_dicom_file(item) or item.suffix.lower() == ".dcm"):
+            ds = pydicom.dcmread(item)
+            uid = str(ds.get("SOPInstanceUID", ""))
+            if uid in wanted:
+                found[uid] = ds
+    missing = [uid for uid in wanted if uid not in found]
+    if missing:
+        raise FileNotFoundError(f"{path}: {len(missing)} of the {len(wanted)} source instances are missing")
+    return [found[uid] for uid in wanted]
+
+
+class SaveDicomSegd(MapTransform):
+    """Save ``d[key]`` (integer label map in the source's original geometry, e.g. after ``Invertd`` +
+    ``AsDiscreted(argmax=True)``) as a BINARY DICOM SEG with one segment per label, when the image was DICOM.
+
+    Input: ``(1, H, W)`` for a single CR/DX/DICOM image (rows first, as loaded), ``(1, X, Y, Z)`` with its RAS
+    affine for a CT/MR series. The SEG goes to ``output_dir/<SEG SOPInstanceUID>.dcm`` and its path to
+    ``d[f"{key}_dicom_seg"]``. Non-DICOM sources are skipped (the key is not set).
+
+    Args:
+        keys: label-map keys (usually ``"pred"``).
+        output_dir: directory for the SEG files (created when needed).
+        channel_def: label names as in the bundle metadata (``{"0": "background", "1": "lung"}``).
+        algorithm_name: written in the Algorithm Identification of every segment (the bundle name).
+        algorithm_version: the bundle version.
+        ref_key: key of the loaded image whose metadata is used when the label map carries none.
+        series_number: SeriesNumber of the SEG series.
+        allow_missing_keys: don't raise when a key is absent.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: str | Path,
+        channel_def: Mapping[str | int, str],
+        algorithm_name: str,
+        algorithm_version: str,
+        ref_key: str = "image",
+        series_number: int = 9901,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.output_dir = Path(output_dir)
+        self.segment_names = segment_names_from_channel_def(channel_def)
+        self.algorithm_name = algorithm_name
+        self.algorithm_version = algorithm_version
+        self.ref_key = ref_key
+        self.series_number = series_number
+
+    def _meta(self, d: Mapping[Hashable, object], key: Hashable) -> dict:
+        for item in (d.get(key), d.get(self.ref_key)):
+            if isinstance(item, MetaTensor) and item.meta.get("SOPInstanceUID"):
+                return dict(item.meta)
+        return {}
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            meta = self._meta(d, key)
+            if not meta:
+                continue
+            from dissect_monai.deploy import AlgorithmInfo, build_segmentation, label_map_to_frames, sanitise_uid
+
+            pred = d[key]
+            labels = np.asarray(pred.detach().cpu() if isinstance(pred, MetaTensor) else pred)
+            affine = np.asarray(pred.affine) if isinstance(pred, MetaTensor) else None
+            sources = source_instances(meta["filename_or_obj"], meta["SOPInstanceUID"])
+            frames = label_map_to_frames(labels, sources, affine=affine, space=str(meta.get("space", "RAS")))
+            seg = build_segmentation(
+                sources,
+                frames,
+                self.segment_names,
+                AlgorithmInfo(name=self.algorithm_name, version=self.algorithm_version),
+                series_number=self.series_number,
+            )
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            out = self.output_dir / f"{sanitise_uid(seg.SOPInstanceUID)}.dcm"
+            seg.save_as(out)
+            logger.info("wrote DICOM SEG %s (%d frames, %d segments)", out, len(frames), len(self.segment_names))
+            d[f"{key}_dicom_seg"] = str(out)
+        return d
