@@ -9,6 +9,12 @@ from dissect_monai.data.datalists import (
     dicom_datalist,
     folder_datalist,
 )
+from dissect_monai.data.datasets import (
+    RobustCacheDataset,
+    RobustDataset,
+    RobustPersistentDataset,
+    find_image_load_error,
+)
 from dissect_monai.data.pool import POOL_SOURCES, pool_summary, pretraining_pool
 from dissect_monai.data.splits import LABEL_FRACTIONS, group_by_patient, sample_label_fraction, split_by_patient
 
@@ -16,10 +22,14 @@ __all__ = [
     "DATASETS",
     "LABEL_FRACTIONS",
     "POOL_SOURCES",
+    "RobustCacheDataset",
+    "RobustDataset",
+    "RobustPersistentDataset",
     "csv_datalist",
     "dataset_datalist",
     "default_data_root",
     "dicom_datalist",
+    "find_image_load_error",
     "folder_datalist",
     "group_by_patient",
     "pool_summary",
