@@ -1,0 +1,124 @@
+"""Masked autoencoder (He et al., CVPR 2022) on a :class:`ViTEncoder`, as an SSL method module."""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
+from torch import nn
+
+from dissect_monai.losses.mae import MaskedPatchLoss
+from dissect_monai.networks.vit import ViTEncoder, gather_tokens, patchify, transformer_block
+
+__all__ = ["MAE", "random_patch_mask"]
+
+
+def random_patch_mask(
+    batch: int, num_patches: int, mask_ratio: float, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample uniform random masking of patch tokens (MAE's shuffle-and-keep).
+
+    Args:
+        batch: B.
+        num_patches: N.
+        mask_ratio: fraction of patches hidden from the encoder, in (0, 1); at least one patch stays visible
+            and at least one is masked.
+        device: where the indices live.
+
+    Returns:
+        ``keep_index`` ``(B, K)`` (visible patches, K = N - round(N * mask_ratio)), ``mask`` ``(B, N)`` float
+        with 1 for masked patches, and ``restore_index`` ``(B, N)``: position of each patch in the
+        ``[visible, masked]`` ordering, to put decoder tokens back in grid order.
+    """
+    if not 0.0 < mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+    n_masked = min(max(int(round(num_patches * mask_ratio)), 1), num_patches - 1)
+    n_keep = num_patches - n_masked
+    shuffle = torch.rand(batch, num_patches, device=device).argsort(dim=1)
+    restore_index = shuffle.argsort(dim=1)
+    keep_index = shuffle[:, :n_keep]
+    mask = torch.ones(batch, num_patches, device=device)
+    mask[:, :n_keep] = 0
+    mask = torch.gather(mask, 1, restore_index)
+    return keep_index, mask, restore_index
+
+
+class MAE(nn.Module):
+    """Masked autoencoder: encode the visible 25 % of patches, reconstruct the rest with a light decoder.
+
+    ``forward(view1, view2=None)`` treats the views as independent samples (both are reconstructed, so a
+    step sees as many images as a two-view method's step). The loss is :class:`MaskedPatchLoss` on the
+    masked patches, with per-patch normalised pixel targets.
+
+    Args:
+        encoder: the ViT to pretrain (default: :class:`ViTEncoder` with its defaults).
+        mask_ratio: fraction of masked patches (0.75).
+        decoder_dim: token size of the decoder (narrower than the encoder).
+        decoder_depth: decoder blocks.
+        decoder_heads: decoder attention heads.
+        norm_pix: per-patch normalised pixel targets.
+    """
+
+    def __init__(
+        self,
+        encoder: ViTEncoder | None = None,
+        mask_ratio: float = 0.75,
+        decoder_dim: int = 128,
+        decoder_depth: int = 2,
+        decoder_heads: int = 4,
+        norm_pix: bool = True,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder if encoder is not None else ViTEncoder()
+        if not 0.0 < mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+        self.mask_ratio = mask_ratio
+        enc = self.encoder
+        patch_pixels = enc.in_channels
+        for p in enc.patch_size:
+            patch_pixels *= p
+        self.decoder_embed = nn.Linear(enc.feature_dim, decoder_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.decoder_pos = build_sincos_position_embedding(enc.grid_size, decoder_dim, enc.spatial_dims)
+        self.decoder_blocks = nn.ModuleList(
+            [transformer_block(decoder_dim, 4 * decoder_dim, decoder_heads) for _ in range(decoder_depth)]
+        )
+        self.decoder_norm = nn.LayerNorm(decoder_dim)
+        self.decoder_pred = nn.Linear(decoder_dim, patch_pixels)
+        self.loss_function = MaskedPatchLoss(norm_pix=norm_pix)
+
+    def reconstruct(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask, encode and decode: ``(B, C, *img_size)`` -> predicted patches ``(B, N, P)`` and mask ``(B, N)``."""
+        enc = self.encoder
+        b = images.shape[0]
+        keep_index, mask, restore_index = random_patch_mask(b, enc.num_patches, self.mask_ratio, images.device)
+        latent, _ = enc.encode(images, keep_index=keep_index)
+        tokens = self.decoder_embed(latent)
+        prefix, visible = tokens[:, : enc.num_prefix_tokens], tokens[:, enc.num_prefix_tokens:]
+        n_masked = enc.num_patches - visible.shape[1]
+        full = torch.cat([visible, self.mask_token.to(visible.dtype).expand(b, n_masked, -1)], dim=1)
+        full = gather_tokens(full, restore_index) + self.decoder_pos.to(full.dtype)
+        x = torch.cat([prefix, full], dim=1)
+        for block in self.decoder_blocks:
+            x = block(x)
+        pred = self.decoder_pred(self.decoder_norm(x))[:, enc.num_prefix_tokens:]
+        return pred, mask
+
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """
+        Args:
+            view1: images ``(B, C, *img_size)``.
+            view2: optional second view, ``(B, C, *img_size)``, used as B more samples.
+
+        Returns:
+            ``{"loss": reconstruction loss (fp32), "reconstruction": the same, "masked_fraction"}``.
+        """
+        images = view1 if view2 is None else torch.cat([view1, view2], dim=0)
+        pred, mask = self.reconstruct(images)
+        target = patchify(images, self.encoder.patch_size)
+        loss = self.loss_function(pred, target, mask)
+        return {"loss": loss, "reconstruction": loss.detach(), "masked_fraction": mask.mean().detach()}
+
+    def update_target(self, progress: float) -> float:
+        """MAE has no target network: nothing to update; returns momentum 0.0 for the engine's log."""
+        return 0.0
