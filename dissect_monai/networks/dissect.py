@@ -1,0 +1,360 @@
+"""DiSSECT: BYOL-style self-supervision with a multi-scale vector-quantised discrete path (BYOL when VQ is off)."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dissect_monai.losses.byol import BYOLLoss
+from dissect_monai.losses.code_consistency import CodeConsistencyLoss
+from dissect_monai.networks.encoders import ResNetFeaturePyramid
+from dissect_monai.networks.heads import MLPHead
+from dissect_monai.networks.quantizer import MultiScaleQuantizer
+
+__all__ = ["STAGE_NAMES", "FUSIONS", "cosine_momentum", "DiSSECTEmbedder", "DiscreteDescriptor", "DiSSECT"]
+
+#: names of the five maps of :class:`ResNetFeaturePyramid` (index 1 = C2 at 1/4 ... index 4 = C5 at 1/32).
+STAGE_NAMES: tuple[str, ...] = ("stem", "c2", "c3", "c4", "c5")
+#: ways to combine the discrete descriptor with the continuous feature before the discrete head.
+FUSIONS: tuple[str, ...] = ("none", "concat", "cross_attention")
+
+
+def cosine_momentum(progress: float, base: float = 0.996, final: float = 1.0) -> float:
+    """BYOL's target momentum ``final - (final - base) * (cos(pi * progress) + 1) / 2``, progress clipped to [0, 1]."""
+    progress = min(max(float(progress), 0.0), 1.0)
+    return final - (final - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
+
+
+def _global_pool(x: torch.Tensor) -> torch.Tensor:
+    """Mean over all spatial positions: ``(B, C, *S) -> (B, C)``."""
+    return x.flatten(2).mean(dim=2)
+
+
+class DiSSECTEmbedder(nn.Module):
+    """The network the pretraining bundle ships: encoder (+ multi-scale quantizer), image -> embedding.
+
+    Its state dict is the bundle's ``models/model.pt``; :func:`~dissect_monai.networks.load_pretrained_encoder`
+    reads the encoder from it (prefix ``encoder.``). TorchScript-able (``forward`` and ``encode``); run the
+    scripted module without autocast (the eager module keeps code search in fp32 under autocast).
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: image channels.
+        depth: ResNet depth (10, 18, 34, 50).
+        use_quantizer: build the multi-scale quantizer (False for BYOL).
+        scales: indices into the five encoder maps to quantise (default C2, C3, C4 = 1, 2, 3).
+        num_codes: codebook size, one value or one per scale.
+        code_dims: code dimension, one value or one per scale.
+        commitment_weight: beta of the commitment loss.
+        codebook_decay: EMA decay of the codebooks.
+        dead_code_threshold: EMA count under which a code is restarted.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        depth: int = 18,
+        use_quantizer: bool = True,
+        scales: Sequence[int] = (1, 2, 3),
+        num_codes: int | Sequence[int] = 512,
+        code_dims: int | Sequence[int] = 64,
+        commitment_weight: float = 0.25,
+        codebook_decay: float = 0.99,
+        dead_code_threshold: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.encoder = ResNetFeaturePyramid(spatial_dims=spatial_dims, in_channels=in_channels, depth=depth)
+        self.scales: list[int] = [int(s) for s in scales]
+        if use_quantizer and (not self.scales or any(not 0 <= s < len(STAGE_NAMES) for s in self.scales)):
+            raise ValueError(f"scales must be indices in 0..{len(STAGE_NAMES) - 1} of {STAGE_NAMES}, got {scales}.")
+        self.scale_names: list[str] = [STAGE_NAMES[s] for s in self.scales] if use_quantizer else []
+        self.quantizer: MultiScaleQuantizer | None = (
+            MultiScaleQuantizer(
+                in_channels=[self.encoder.out_channels[s] for s in self.scales],
+                num_codes=num_codes,
+                code_dims=code_dims,
+                spatial_dims=spatial_dims,
+                commitment_weight=commitment_weight,
+                decay=codebook_decay,
+                dead_code_threshold=dead_code_threshold,
+                names=self.scale_names,
+            )
+            if use_quantizer
+            else None
+        )
+        self.embedding_dim: int = self.encoder.feature_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Embedding ``(B, embedding_dim)``: the average-pooled deepest map of an image ``(B, C, *spatial)``."""
+        return _global_pool(self.encoder(x)[-1])
+
+    @torch.jit.export
+    def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"embedding": (B, D)}`` plus ``{"codes_<scale>": (B, *S_i)}`` int64 code indices per quantised scale."""
+        maps = self.encoder(x)
+        out = {"embedding": _global_pool(maps[-1])}
+        quantizer = self.quantizer
+        if quantizer is not None:
+            indices = quantizer.code_indices([maps[s] for s in self.scales])
+            for name, idx in zip(self.scale_names, indices):
+                out["codes_" + name] = idx
+        return out
+
+
+class DiscreteDescriptor(nn.Module):
+    """One vector per image from the quantised maps, optionally fused with the continuous deepest map.
+
+    ``fusion``: ``"none"`` -> concatenated average-pooled quantised maps, ``(B, sum(code_dims))``;
+    ``"concat"`` -> that plus the pooled continuous map, ``(B, sum(code_dims) + feature_dim)``;
+    ``"cross_attention"`` -> multi-head attention with queries = quantised positions of every scale and
+    keys/values = positions of the continuous map (tokens are spatial positions), residual + LayerNorm,
+    averaged over queries, ``(B, fusion_dim)``.
+    """
+
+    def __init__(
+        self,
+        code_dims: Sequence[int],
+        feature_dim: int,
+        fusion: str = "none",
+        fusion_dim: int = 256,
+        fusion_heads: int = 8,
+    ) -> None:
+        super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}.")
+        self.fusion = fusion
+        if fusion == "cross_attention":
+            self.query_proj = nn.ModuleList([nn.Linear(d, fusion_dim) for d in code_dims])
+            self.key_proj = nn.Linear(feature_dim, fusion_dim)
+            self.attention = nn.MultiheadAttention(fusion_dim, fusion_heads, batch_first=True)
+            self.norm = nn.LayerNorm(fusion_dim)
+            self.out_dim = fusion_dim
+        else:
+            self.out_dim = sum(code_dims) + (feature_dim if fusion == "concat" else 0)
+
+    def forward(self, quantised: Sequence[torch.Tensor], continuous: torch.Tensor) -> torch.Tensor:
+        """``quantised``: ``(B, D_i, *S_i)`` per scale; ``continuous``: ``(B, feature_dim, *S)``.
+
+        Returns:
+            ``(B, out_dim)``.
+        """
+        if self.fusion == "cross_attention":
+            queries = torch.cat(
+                [proj(q.flatten(2).transpose(1, 2)) for proj, q in zip(self.query_proj, quantised)], dim=1
+            )  # (B, sum N_i, F): one token per spatial position
+            keys = self.key_proj(continuous.flatten(2).transpose(1, 2))  # (B, M, F)
+            attended, _ = self.attention(queries, keys, keys, need_weights=False)
+            return self.norm(queries + attended).mean(dim=1)
+        pooled = [_global_pool(q) for q in quantised]
+        if self.fusion == "concat":
+            pooled.append(_global_pool(continuous))
+        return torch.cat(pooled, dim=1)
+
+
+class DiSSECT(nn.Module):
+    """DiSSECT self-supervised model; with ``use_quantizer=False`` it is BYOL.
+
+    Both views go through the online and the EMA target networks as one concatenated batch.
+    Terms (each a fp32 scalar in the output of :meth:`forward`):
+
+    - ``continuous_loss``: BYOL ``2 - 2 cos`` between the online prediction of one view and the target
+      projection of the other (symmetrised), on the pooled deepest encoder map;
+    - ``discrete_loss`` (quantizer on): the same objective on the :class:`DiscreteDescriptor` of the
+      straight-through quantised maps of all ``scales`` (own projector / predictor); the target uses its
+      EMA copy of the 1x1 projections and the shared codebooks (no codebook update);
+    - ``commitment_loss``: the quantizer's ``beta * ||z - sg(e)||^2`` summed over scales;
+    - ``consistency_loss`` (``consistency_weight > 0``): :class:`CodeConsistencyLoss` between the online
+      soft code histogram of each view and the target's hard histogram of the other view, mean over scales.
+
+    ``loss = continuous_loss + discrete_weight * discrete_loss + commitment_loss
+    + consistency_weight * consistency_loss``; ``discrete_only=True`` drops the continuous term and its heads.
+
+    Args:
+        spatial_dims, in_channels, depth, scales, num_codes, code_dims, commitment_weight, codebook_decay,
+            dead_code_threshold: see :class:`DiSSECTEmbedder`.
+        use_quantizer: False gives BYOL.
+        projection_dim: output size of projectors and predictors (256).
+        hidden_dim: hidden width of projectors and predictors (4096).
+        discrete_weight: weight of the discrete BYOL term.
+        discrete_only: no continuous BYOL term (ablation "discrete path only").
+        consistency_weight: weight of the code-assignment consistency term (0 = off).
+        consistency_temperature: softmax temperature of the online soft assignments.
+        fusion: ``"none"``, ``"concat"`` or ``"cross_attention"`` (see :class:`DiscreteDescriptor`).
+        fusion_dim: width of the cross-attention fusion.
+        fusion_heads: heads of the cross-attention fusion.
+        base_momentum: target EMA momentum at the start (0.996), rising to ``final_momentum`` (1.0) on a
+            cosine schedule.
+        final_momentum: momentum at the end of training.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        depth: int = 18,
+        use_quantizer: bool = True,
+        scales: Sequence[int] = (1, 2, 3),
+        num_codes: int | Sequence[int] = 512,
+        code_dims: int | Sequence[int] = 64,
+        commitment_weight: float = 0.25,
+        codebook_decay: float = 0.99,
+        dead_code_threshold: float = 0.1,
+        projection_dim: int = 256,
+        hidden_dim: int = 4096,
+        discrete_weight: float = 1.0,
+        discrete_only: bool = False,
+        consistency_weight: float = 0.0,
+        consistency_temperature: float = 0.1,
+        fusion: str = "none",
+        fusion_dim: int = 256,
+        fusion_heads: int = 8,
+        base_momentum: float = 0.996,
+        final_momentum: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if discrete_only and not use_quantizer:
+            raise ValueError("discrete_only=True needs use_quantizer=True (otherwise there is no loss).")
+        if (consistency_weight > 0 or fusion != "none") and not use_quantizer:
+            raise ValueError("consistency_weight and fusion act on the discrete path: they need use_quantizer=True.")
+        self.embedder = DiSSECTEmbedder(
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            depth=depth,
+            use_quantizer=use_quantizer,
+            scales=scales,
+            num_codes=num_codes,
+            code_dims=code_dims,
+            commitment_weight=commitment_weight,
+            codebook_decay=codebook_decay,
+            dead_code_threshold=dead_code_threshold,
+        )
+        feature_dim = self.embedder.embedding_dim
+        self.discrete_only = discrete_only
+        self.discrete_weight = discrete_weight
+        self.consistency_weight = consistency_weight
+        self.consistency_temperature = consistency_temperature
+        self.base_momentum = base_momentum
+        self.final_momentum = final_momentum
+        self.byol_loss = BYOLLoss()
+        self.consistency_loss = CodeConsistencyLoss()
+
+        self.target_encoder = copy.deepcopy(self.embedder.encoder)
+        self._pairs: list[tuple[str, str]] = [("embedder.encoder", "target_encoder")]
+        if not discrete_only:
+            self.projector = MLPHead(feature_dim, hidden_dim, projection_dim)
+            self.predictor = MLPHead(projection_dim, hidden_dim, projection_dim)
+            self.target_projector = copy.deepcopy(self.projector)
+            self._pairs.append(("projector", "target_projector"))
+        quantizer = self.embedder.quantizer
+        if quantizer is not None:
+            self.descriptor = DiscreteDescriptor(quantizer.code_dims, feature_dim, fusion, fusion_dim, fusion_heads)
+            self.discrete_projector = MLPHead(self.descriptor.out_dim, hidden_dim, projection_dim)
+            self.discrete_predictor = MLPHead(projection_dim, hidden_dim, projection_dim)
+            self.target_projections = copy.deepcopy(quantizer.projections)
+            self.target_descriptor = copy.deepcopy(self.descriptor)
+            self.target_discrete_projector = copy.deepcopy(self.discrete_projector)
+            self._pairs += [
+                ("embedder.quantizer.projections", "target_projections"),
+                ("descriptor", "target_descriptor"),
+                ("discrete_projector", "target_discrete_projector"),
+            ]
+        for _, target in self._pairs:
+            self.get_submodule(target).requires_grad_(False)
+
+    @property
+    def encoder(self) -> ResNetFeaturePyramid:
+        """The online encoder (what transfer uses)."""
+        return self.embedder.encoder
+
+    @property
+    def quantizer(self) -> MultiScaleQuantizer | None:
+        """The multi-scale quantizer, or None for BYOL."""
+        return self.embedder.quantizer
+
+    def online_parameters(self) -> list[nn.Parameter]:
+        """Parameters the optimiser trains (everything except the EMA target copies)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def _symmetric(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """BYOL loss between view 1's prediction and view 2's target and vice versa; inputs ``(2B, D)``."""
+        p1, p2 = prediction.chunk(2)
+        z1, z2 = target.chunk(2)
+        return 0.5 * (self.byol_loss(p1, z2) + self.byol_loss(p2, z1))
+
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training objective for two augmented views ``(B, C, *spatial)`` of the same images.
+
+        Returns:
+            ``{"loss": total, "continuous_loss": ..., "discrete_loss": ..., "commitment_loss": ...,
+            "consistency_loss": ...}`` (the terms that are switched on), fp32 scalars.
+        """
+        if view1.shape != view2.shape:
+            raise ValueError(
+                f"the two views must have the same shape, got {tuple(view1.shape)} and {tuple(view2.shape)}."
+            )
+        x = torch.cat([view1, view2])
+        maps = self.embedder.encoder(x)
+        with torch.no_grad():
+            target_maps = self.target_encoder(x)
+        out: dict[str, torch.Tensor] = {}
+        loss = x.new_zeros((), dtype=torch.float32)
+        if not self.discrete_only:
+            prediction = self.predictor(self.projector(_global_pool(maps[-1])))
+            with torch.no_grad():
+                target = self.target_projector(_global_pool(target_maps[-1]))
+            out["continuous_loss"] = self._symmetric(prediction, target)
+            loss = loss + out["continuous_loss"]
+        quantizer = self.embedder.quantizer
+        if quantizer is not None:
+            scales = self.embedder.scales
+            projected = quantizer.project([maps[s] for s in scales])
+            quantised, commitment, _ = quantizer.quantize(projected, update=self.training)
+            prediction = self.discrete_predictor(self.discrete_projector(self.descriptor(quantised, maps[-1])))
+            with torch.no_grad():
+                target_projected = quantizer.project([target_maps[s] for s in scales], self.target_projections)
+                target_quantised, _, target_codes = quantizer.quantize(target_projected, update=False)
+                target = self.target_discrete_projector(self.target_descriptor(target_quantised, target_maps[-1]))
+            out["discrete_loss"] = self._symmetric(prediction, target)
+            out["commitment_loss"] = commitment
+            loss = loss + self.discrete_weight * out["discrete_loss"] + commitment
+            if self.consistency_weight > 0:
+                out["consistency_loss"] = self._code_consistency(quantizer, projected, target_codes)
+                loss = loss + self.consistency_weight * out["consistency_loss"]
+        out["loss"] = loss
+        return out
+
+    def _code_consistency(
+        self, quantizer: MultiScaleQuantizer, projected: list[torch.Tensor], target_codes: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """Mean over scales of the symmetrised consistency between online soft and target hard code histograms."""
+        soft = quantizer.soft_code_histograms(projected, self.consistency_temperature)
+        total = soft[0].new_zeros(())
+        for s, codes, k in zip(soft, target_codes, quantizer.num_codes):
+            hard = F.one_hot(codes.flatten(1), k).float().mean(dim=1)  # (2B, K): fraction of positions per code
+            s1, s2 = s.chunk(2)
+            h1, h2 = hard.chunk(2)
+            total = total + 0.5 * (self.consistency_loss(s1, h2) + self.consistency_loss(s2, h1))
+        return total / len(soft)
+
+    @torch.no_grad()
+    def update_target(self, progress: float) -> float:
+        """EMA of the online parameters into the target copies with the cosine momentum at ``progress`` in [0, 1].
+
+        Call after each optimiser step. Returns the momentum used.
+        """
+        m = cosine_momentum(progress, self.base_momentum, self.final_momentum)
+        for online, target in self._pairs:
+            for po, pt in zip(self.get_submodule(online).parameters(), self.get_submodule(target).parameters()):
+                pt.mul_(m).add_(po.detach(), alpha=1.0 - m)
+        return m
+
+    def codebook_statistics(self) -> dict[str, float]:
+        """Per quantised scale ``<scale>_perplexity``, ``<scale>_usage`` and ``<scale>_dead_codes`` (empty for BYOL)."""
+        quantizer = self.embedder.quantizer
+        return {} if quantizer is None else quantizer.statistics()
