@@ -20,6 +20,7 @@ from dissect_monai.transforms.raw_image import INTENSITY_MODES, RawImage, map_in
 
 __all__ = ["read_any", "LoadMedicalImage", "LoadMedicalImaged"]
 
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # explicit: monai 1.4 and 1.6 differ in Orientation's default
 ImageSource = str | os.PathLike | Sequence[str | os.PathLike]
 
 
@@ -78,7 +79,7 @@ class LoadMedicalImage(Transform):
         self.window = tuple(window) if window is not None else None
         self.percentiles = tuple(percentiles)
         self.reject_constant = reject_constant
-        self.orientation = Orientation(axcodes=axcodes) if axcodes else None
+        self.orientation = Orientation(axcodes=axcodes, labels=RAS_LABELS) if axcodes else None
         self.series_uid = series_uid
 
     def __call__(self, source: ImageSource) -> MetaTensor:
