@@ -160,7 +160,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in ckpt["network"].values() if v.is_floating_point())
     # the optimizer did not step on the NaN iteration: the live weights are those of iteration 5, still finite
     assert all(torch.isfinite(p).all() for p in net.parameters())
-    assert not (tmp_path / "model.pt").exists()  # no final export for a failed run
+    # the export written with the last good checkpoint is that checkpoint's online encoder
+    exported = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert all(torch.equal(v, ckpt["network"][f"online.{k}"]) for k, v in exported.items())
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 

@@ -81,7 +81,8 @@ class SSLCheckpointer:
         - ``ITERATION_COMPLETED(every=save_interval)``: writes the checkpoint atomically (rank 0 only).
           Attach after the LR-scheduler handler so the saved scheduler state matches the saved iteration.
         - ``COMPLETED``: writes the checkpoint, then each of ``final_exports`` (``filename -> module``) as a
-          plain state dict (e.g. the inference network as ``model.pt``).
+          plain state dict (e.g. the inference network as ``model.pt``). With ``export_on_save`` the exports
+          are also refreshed at every periodic save, so a usable ``model.pt`` exists while a long run goes on.
         - ``EXCEPTION_RAISED``: writes nothing (the last good checkpoint stays), logs where it is, re-raises.
 
     Before each write the floating-point tensors of the network are checked: a NaN/Inf state is never
@@ -94,6 +95,7 @@ class SSLCheckpointer:
         save_interval: checkpoint every this many iterations (0: only at the end).
         filename: checkpoint file name inside ``save_dir``.
         final_exports: ``{filename: module}`` written at the end as ``module.state_dict()``.
+        export_on_save: also write ``final_exports`` at every periodic save.
         resume: restore from the checkpoint at start when it exists.
         network_key: the key of the network in ``save_dict`` (checked for finiteness before saving).
         map_location: where to load tensors on resume.
@@ -106,6 +108,7 @@ class SSLCheckpointer:
         save_interval: int = 0,
         filename: str = "checkpoint.pt",
         final_exports: Mapping[str, torch.nn.Module] | None = None,
+        export_on_save: bool = True,
         resume: bool = True,
         network_key: str = "network",
         map_location: str | torch.device = "cpu",
@@ -119,6 +122,7 @@ class SSLCheckpointer:
         self.save_interval = int(save_interval)
         self.filename = filename
         self.final_exports = dict(final_exports or {})
+        self.export_on_save = export_on_save
         self.resume = resume
         self.network_key = network_key
         self.map_location = map_location
@@ -183,17 +187,23 @@ class SSLCheckpointer:
         atomic_save(self._state(engine), self.path)
         self.last_saved_iteration = engine.state.iteration
         logger.info(f"checkpoint written: {self.path} (iteration {engine.state.iteration})")
+        if self.export_on_save:
+            self._export(engine)
+
+    def _export(self, engine: Engine) -> None:
+        for filename, module in self.final_exports.items():
+            path = atomic_save(unwrap_module(module).state_dict(), self.save_dir / filename)
+            logger.info(f"exported {path} (iteration {engine.state.iteration})")
 
     def finalize(self, engine: Engine) -> None:
         """Write the final checkpoint and the final exports (rank 0 only)."""
         if not self._is_writer():
             return
         if self.last_saved_iteration != engine.state.iteration or not self.path.is_file():
-            self.save(engine)
-        for filename, module in self.final_exports.items():
-            state = unwrap_module(module).state_dict()
-            path = atomic_save(state, self.save_dir / filename)
-            logger.info(f"exported {path} (iteration {engine.state.iteration})")
+            atomic_save(self._state(engine), self.path)
+            self.last_saved_iteration = engine.state.iteration
+            logger.info(f"checkpoint written: {self.path} (iteration {engine.state.iteration})")
+        self._export(engine)
 
     def exception_raised(self, engine: Engine, e: Exception) -> None:
         """Leave the last good checkpoint in place, say where it is, and re-raise ``e``."""
