@@ -103,10 +103,24 @@ def _pixel_spacing(ds: pydicom.Dataset, frame: int = 0) -> tuple[tuple[float, fl
     return (1.0, 1.0), "none"
 
 
+def _missing_pixel_data_reason(ds: pydicom.Dataset, filename) -> str:
+    """Tell a truncated file (pydicom drops an incomplete last element silently) from one without pixel data."""
+    if len(ds) == 0:
+        return "truncated or empty DICOM file (no data elements after the file meta header)"
+    try:
+        with open(filename, "rb") as f:
+            has_pixel_tag = b"\xe0\x7f\x10\x00" in f.read()
+    except (OSError, TypeError):
+        has_pixel_tag = False
+    if has_pixel_tag:
+        return "truncated file: the PixelData element is incomplete"
+    return "no pixel data (no PixelData element)"
+
+
 def _decode(ds: pydicom.Dataset, filename) -> np.ndarray:
     """Stored values as ``(frames, rows, columns)`` after checking pixel data and photometric interpretation."""
     if not any(tag in ds for tag in _PIXEL_TAGS):
-        raise ImageLoadError(filename, "no pixel data (no PixelData element)")
+        raise ImageLoadError(filename, _missing_pixel_data_reason(ds, filename))
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise ImageLoadError(
