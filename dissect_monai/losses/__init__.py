@@ -2,5 +2,9 @@
 
 from .byol import BYOLLoss
 from .code_consistency import CodeConsistencyLoss
+from .dino import DINOLoss
+from .jepa import LatentPredictionLoss
+from .mae import MaskedPatchLoss
+from .vicreg import VICRegLoss
 
-__all__ = ["BYOLLoss", "CodeConsistencyLoss"]
+__all__ = ["BYOLLoss", "CodeConsistencyLoss", "DINOLoss", "LatentPredictionLoss", "MaskedPatchLoss", "VICRegLoss"]

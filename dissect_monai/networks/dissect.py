@@ -53,6 +53,9 @@ class DiSSECTEmbedder(nn.Module):
         commitment_weight: beta of the commitment loss.
         codebook_decay: EMA decay of the codebooks.
         dead_code_threshold: EMA count under which a code is restarted.
+        encoder: another pyramid encoder (``forward(x) -> list`` of maps, ``out_channels``, ``feature_dim``,
+            optional ``stage_names``), e.g. :class:`~dissect_monai.networks.vit.ViTTokenPyramid`; then
+            ``spatial_dims``/``in_channels``/``depth`` only describe it and ``scales`` index its maps.
     """
 
     def __init__(
@@ -67,13 +70,17 @@ class DiSSECTEmbedder(nn.Module):
         commitment_weight: float = 0.25,
         codebook_decay: float = 0.99,
         dead_code_threshold: float = 0.1,
+        encoder: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.encoder = ResNetFeaturePyramid(spatial_dims=spatial_dims, in_channels=in_channels, depth=depth)
+        self.encoder = encoder if encoder is not None else ResNetFeaturePyramid(
+            spatial_dims=spatial_dims, in_channels=in_channels, depth=depth
+        )
+        stages = tuple(getattr(self.encoder, "stage_names", STAGE_NAMES))
         self.scales: list[int] = [int(s) for s in scales]
-        if use_quantizer and (not self.scales or any(not 0 <= s < len(STAGE_NAMES) for s in self.scales)):
-            raise ValueError(f"scales must be indices in 0..{len(STAGE_NAMES) - 1} of {STAGE_NAMES}, got {scales}.")
-        self.scale_names: list[str] = [STAGE_NAMES[s] for s in self.scales] if use_quantizer else []
+        if use_quantizer and (not self.scales or any(not 0 <= s < len(stages) for s in self.scales)):
+            raise ValueError(f"scales must be indices in 0..{len(stages) - 1} of {stages}, got {scales}.")
+        self.scale_names: list[str] = [stages[s] for s in self.scales] if use_quantizer else []
         self.quantizer: MultiScaleQuantizer | None = (
             MultiScaleQuantizer(
                 in_channels=[self.encoder.out_channels[s] for s in self.scales],
@@ -182,7 +189,8 @@ class DiSSECT(nn.Module):
         projection_dim: output size of projectors and predictors (256).
         hidden_dim: hidden width of projectors and predictors (4096).
         discrete_weight: weight of the discrete BYOL term.
-        discrete_only: no continuous BYOL term (ablation "discrete path only").
+        discrete_only: no continuous BYOL term (ablation "discrete path only"); needs scale 4 (c5) among
+            ``scales`` or a ``fusion``, so that every encoder stage is trained.
         consistency_weight: weight of the code-assignment consistency term (0 = off).
         consistency_temperature: softmax temperature of the online soft assignments.
         fusion: ``"none"``, ``"concat"`` or ``"cross_attention"`` (see :class:`DiscreteDescriptor`).
@@ -191,6 +199,7 @@ class DiSSECT(nn.Module):
         base_momentum: target EMA momentum at the start (0.996), rising to ``final_momentum`` (1.0) on a
             cosine schedule.
         final_momentum: momentum at the end of training.
+        encoder: another pyramid encoder for the online network (see :class:`DiSSECTEmbedder`).
     """
 
     def __init__(
@@ -216,10 +225,16 @@ class DiSSECT(nn.Module):
         fusion_heads: int = 8,
         base_momentum: float = 0.996,
         final_momentum: float = 1.0,
+        encoder: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if discrete_only and not use_quantizer:
             raise ValueError("discrete_only=True needs use_quantizer=True (otherwise there is no loss).")
+        if discrete_only and fusion == "none" and len(STAGE_NAMES) - 1 not in [int(s) for s in scales]:
+            raise ValueError(
+                "discrete_only=True with fusion='none' needs the deepest map (scale 4, c5) among scales: otherwise "
+                "layer4, whose pooled output is the embedding, would receive no gradient."
+            )
         if (consistency_weight > 0 or fusion != "none") and not use_quantizer:
             raise ValueError("consistency_weight and fusion act on the discrete path: they need use_quantizer=True.")
         self.embedder = DiSSECTEmbedder(
@@ -233,6 +248,7 @@ class DiSSECT(nn.Module):
             commitment_weight=commitment_weight,
             codebook_decay=codebook_decay,
             dead_code_threshold=dead_code_threshold,
+            encoder=encoder,
         )
         feature_dim = self.embedder.embedding_dim
         self.discrete_only = discrete_only
