@@ -121,7 +121,7 @@ def dataset_datalist(
     name: str,
     splits: Sequence[str] | str | None = None,
     data_root: str | os.PathLike | None = None,
-    drop_duplicates: bool = True,
+    drop_duplicates: bool = False,
 ) -> list[dict]:
     """Datalist of one of the project's datasets (:data:`DATASETS`) read in place from ``data_root``.
 
@@ -130,6 +130,8 @@ def dataset_datalist(
         splits: e.g. ``("train", "val")``; ``None`` for all (Hannover has no splits).
         data_root: folder holding the datasets (default :func:`default_data_root`).
         drop_duplicates: drop Kermany's byte-identical copies (``duplicate_of`` set), keeping the original.
+            Off by default: the official Kermany test split must keep its 624 images to compare with published
+            results; the pretraining pool drops them.
 
     Returns:
         Items with ``"image"``, ``"patient_id"``, ``"dataset"``, ``"label"`` (pneumonia 0/1 or mask path)
@@ -210,8 +212,9 @@ def dicom_datalist(root: str | os.PathLike, recursive: bool = True) -> list[dict
 
     A series of a volumetric modality (CT, MR, PT, NM) whose instances all carry a position becomes one
     item whose ``"image"`` is the list of its files (load it with ``LoadMedicalImaged``); other instances
-    (CR, DX, MG, single slices, multi-frame objects) are one item each. Non-DICOM files are ignored;
-    unreadable DICOM headers are skipped with one warning naming them. Paths are never built from tag values.
+    (CR, DX, MG, single slices, multi-frame objects) are one item each. Non-DICOM files and non-image objects
+    (SR, KO, PR: no ``Rows``) are ignored; unreadable or empty DICOM files are skipped with one warning naming
+    them. Paths are never built from tag values.
 
     Returns:
         Items with ``"image"``, ``"patient_id"`` (a SHA-256 pseudonym of PatientID), ``"StudyInstanceUID"``,
@@ -231,6 +234,11 @@ def dicom_datalist(root: str | os.PathLike, recursive: bool = True) -> list[dict
         except ImageLoadError as e:
             bad.append(str(e))
             continue
+        if len(ds) == 0:
+            bad.append(f"{path}: truncated or empty DICOM file (no data elements after the file meta header)")
+            continue
+        if "Rows" not in ds:
+            continue  # not an image (SR, KO, PR, ...)
         series[(str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")))].append((str(path), ds))
     if bad:
         warnings.warn(f"dicom_datalist skipped {len(bad)} unreadable DICOM files under {root}: " + "; ".join(bad),

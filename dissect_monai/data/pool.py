@@ -36,12 +36,12 @@ def pretraining_pool(data_root: str | os.PathLike | None = None) -> list[dict]:
         Items ``{"image": abs path, "dataset": name, "patient_id": "<dataset>:<id>"}``, about 6,300 images.
     """
     pool: list[dict] = []
-    kermany_test = dataset_datalist("kermany-pneumonia", "test", data_root, drop_duplicates=False)
+    kermany_test = dataset_datalist("kermany-pneumonia", "test", data_root)
     kermany_test_content = {Path(it["image"]).name for it in kermany_test} | {
         it["duplicate_of"] for it in kermany_test if it["duplicate_of"]}
     lung_seg_names = {Path(it["image"]).name for it in dataset_datalist("cxr-lung-seg", None, data_root)}
     for name, splits in POOL_SOURCES.items():
-        items = dataset_datalist(name, splits, data_root)
+        items = dataset_datalist(name, splits, data_root, drop_duplicates=True)
         if name == "kermany-pneumonia":
             items = [it for it in items if Path(it["image"]).name not in kermany_test_content]
         if name == "hannover-cxr":
