@@ -85,15 +85,15 @@ class RandomView(Randomizable, Transform):
         pass
 
     def crop_box(self, shape: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """Random (start, size) of a crop of a fraction ``scale`` of ``shape`` with aspect ratios in ``ratio``."""
+        """Random (start, size) of a crop covering a fraction in ``scale`` of ``shape``, its aspect ratios (relative
+        to the image's own, so anisotropic volumes crop proportionally) in ``ratio``."""
         dims = len(shape)
-        total = float(np.prod(shape))
         log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
         for _ in range(10):
-            target = total * self.R.uniform(*self.scale)
+            side = self.R.uniform(*self.scale) ** (1.0 / dims)  # per-axis fraction of an undistorted crop
             logs = self.R.uniform(log_ratio[0] / 2, log_ratio[1] / 2, size=dims)
-            logs -= logs.mean()  # product of the per-axis factors stays 1
-            size = [int(round(target ** (1.0 / dims) * math.exp(a))) for a in logs]
+            logs -= logs.mean()  # product of the per-axis factors stays 1: the fraction is kept
+            size = [int(round(n * side * math.exp(a))) for n, a in zip(shape, logs)]
             if all(0 < s <= n for s, n in zip(size, shape)):
                 start = [int(self.R.randint(0, n - s + 1)) for s, n in zip(size, shape)]
                 return tuple(start), tuple(size)
@@ -300,11 +300,10 @@ class RandPatchMaskd(Randomizable, MapTransform):
         return grid
 
     def _block(self, grid: Sequence[int], scale: tuple[float, float], aspect: tuple[float, float]) -> np.ndarray:
-        cells = float(np.prod(grid))
-        target = cells * self.R.uniform(*scale)
+        side = self.R.uniform(*scale) ** (1.0 / len(grid))
         logs = self.R.uniform(math.log(aspect[0]) / 2, math.log(aspect[1]) / 2, size=len(grid))
         logs -= logs.mean()
-        size = [min(g, max(1, int(round(target ** (1.0 / len(grid)) * math.exp(a))))) for g, a in zip(grid, logs)]
+        size = [min(g, max(1, int(round(g * side * math.exp(a))))) for g, a in zip(grid, logs)]
         start = [int(self.R.randint(0, g - s + 1)) for g, s in zip(grid, size)]
         block = np.zeros(grid, dtype=bool)
         block[tuple(slice(b, b + s) for b, s in zip(start, size))] = True
