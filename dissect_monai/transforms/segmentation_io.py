@@ -1,7 +1,11 @@
-"""Write a predicted label map as a DICOM SEG referencing its DICOM source (segmentation bundles' inference).
+"""Save predicted label maps (segmentation bundles' inference): NIfTI/PNG files, and DICOM SEG for DICOM input.
 
-The SEG itself is built by :mod:`dissect_monai.deploy.seg_writer` (highdicom); this transform finds the source
-instances from the prediction's metadata (``filename_or_obj`` and ``SOPInstanceUID`` kept by
+:class:`SaveLabelMapd` writes the label map in its own (original, after ``Invertd``) geometry with nibabel /
+Pillow, without MONAI's writer-side resampling (which fails on 2D label maps produced by an engine in monai
+1.6.1).
+
+For :class:`SaveDicomSegd`, the SEG itself is built by :mod:`dissect_monai.deploy.seg_writer` (highdicom); the
+transform finds the source instances from the prediction's metadata (``filename_or_obj`` and ``SOPInstanceUID`` kept by
 :class:`dissect_monai.transforms.LoadMedicalImaged`) and writes one SEG per image. Predictions on non-DICOM
 inputs (PNG, NIfTI) are passed through untouched, so the same inference config serves every input type.
 highdicom is imported only when a SEG is written, so the transform also loads where highdicom is absent
@@ -14,15 +18,17 @@ import logging
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pydicom
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform
+from monai.transforms import MapTransform, SaveImaged
+from PIL import Image
 
 from dissect_monai.transforms.dicom_reader import is_dicom_file
 
-__all__ = ["SaveDicomSegd", "segment_names_from_channel_def", "source_instances"]
+__all__ = ["SaveDicomSegd", "SaveLabelMapd", "segment_names_from_channel_def", "source_instances"]
 
 logger = logging.getLogger(__name__)
 
@@ -134,4 +140,64 @@ class SaveDicomSegd(MapTransform):
             seg.save_as(out)
             logger.info("wrote DICOM SEG %s (%d frames, %d segments)", out, len(frames), len(self.segment_names))
             d[f"{key}_dicom_seg"] = str(out)
+        return d
+
+
+def _output_stem(filename: str | Path) -> str:
+    """File name of ``filename`` without image suffixes (``a.nii.gz`` -> ``a``; a series directory -> its name)."""
+    name = Path(str(filename)).name
+    for suffix in (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+class SaveLabelMapd(SaveImaged):
+    """Write an integer label map ``d[key]`` (``(1, H, W)`` or ``(1, X, Y, Z)`` MetaTensor) as it is, no resampling.
+
+    Writes ``output_dir/<input stem><postfix>.nii.gz`` (uint8, the MetaTensor's RAS affine, which NIfTI also uses)
+    and, for 2D label maps, ``...<postfix>.png`` (rows first as loaded, values multiplied by ``png_scale``: 255 makes
+    a binary mask visible). The paths go to ``d[f"{key}_saved"]``. It is a ``SaveImaged`` so that MONAI Label, which
+    removes ``SaveImaged`` from a bundle's post-processing and returns the result itself, leaves it out too.
+
+    Args:
+        keys: label-map keys.
+        output_dir: output folder (created when needed).
+        output_postfix: appended to the input's file stem.
+        png_scale: factor applied to label values in the PNG.
+        allow_missing_keys: don't raise when a key is absent.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: str | Path,
+        output_postfix: str = "_seg",
+        png_scale: int = 1,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self.output_dir = Path(output_dir)
+        self.output_postfix = output_postfix
+        self.png_scale = png_scale
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            pred = d[key]
+            if not isinstance(pred, MetaTensor):
+                raise TypeError(f"SaveLabelMapd needs a MetaTensor with an affine for {key!r}, got {type(pred)}")
+            labels = np.asarray(pred.detach().cpu())
+            if labels.ndim not in (3, 4) or labels.shape[0] != 1:
+                raise ValueError(f"{key!r}: expected a (1, H, W) or (1, X, Y, Z) label map, got {labels.shape}")
+            labels = np.rint(labels[0]).astype(np.uint8)
+            stem = _output_stem(pred.meta.get("filename_or_obj", key)) + self.output_postfix
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            affine = np.asarray(pred.affine, dtype=np.float64)
+            saved = [self.output_dir / f"{stem}.nii.gz"]
+            nib.save(nib.Nifti1Image(labels, affine), saved[0])
+            if labels.ndim == 2:
+                saved.append(self.output_dir / f"{stem}.png")
+                Image.fromarray((labels.astype(np.int32) * self.png_scale).clip(0, 255).astype(np.uint8)).save(saved[1])
+            d[f"{key}_saved"] = [str(p) for p in saved]
         return d
