@@ -1,0 +1,178 @@
+"""Crash-safe on-disk spool of received instances, study jobs and result instances.
+
+Layout under the spool root (every move is an atomic ``rename`` inside one file system)::
+
+    tmp/                                      partial writes (removed on start; never acknowledged)
+    incoming/<StudyUID>/<SeriesUID>/<SOPUID>.dcm   received, fsync'ed before the C-STORE is answered
+    processing/<job>/<SeriesUID>/<SOPUID>.dcm      a stable study claimed as a job
+    outbox/<job>/<n>.dcm                      results of a finished job, waiting to be sent
+    sent/<job>/                               results delivered to every destination
+    done/<job>/                               inputs of jobs whose results exist
+    failed/<job>/ + reason.txt                inputs of jobs that failed, with the reason
+
+A job's results appear in ``outbox/`` by one directory rename, so however often a job is restarted after a
+crash, at most one result set exists for it; a job found in ``processing/`` at start is finished again unless
+its results already exist. Job names are a hash of the StudyInstanceUID plus a counter: no UID, and no patient
+identifier, ever appears in a log line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from dissect_monai.deploy.dicom_io import sanitise_uid
+
+__all__ = ["Spool"]
+
+_AREAS = ("tmp", "incoming", "processing", "outbox", "sent", "done", "failed")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durable(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+class Spool:
+    """The node's durable state (see the module docstring for the layout)."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        for area in _AREAS:
+            (self.root / area).mkdir(parents=True, exist_ok=True)
+        for leftover in (self.root / "tmp").iterdir():
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        for leftover in (self.root / "outbox").glob(".*.partial"):
+            shutil.rmtree(leftover)
+        self._lock = threading.Lock()
+        self._last_arrival: dict[str, float] = {}
+
+    def area(self, name: str) -> Path:
+        return self.root / name
+
+    # ---------------------------------------------------------------- receiving
+    def store(self, encoded: bytes, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        """Durably store one received Part-10 instance; returns its path once it is on disk.
+
+        Raises:
+            ValueError: when a UID is missing or not a valid UID (nothing is written).
+        """
+        study = sanitise_uid(study_uid, "StudyInstanceUID")
+        series = sanitise_uid(series_uid, "SeriesInstanceUID")
+        name = sanitise_uid(sop_uid, "SOPInstanceUID") + ".dcm"
+        partial = self.root / "tmp" / f"{uuid.uuid4().hex}.part"
+        _write_durable(partial, encoded)
+        with self._lock:
+            folder = self.root / "incoming" / study / series
+            created = not folder.exists()
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / name
+            os.replace(partial, target)
+            _fsync_dir(folder)
+            if created:
+                _fsync_dir(folder.parent)
+                _fsync_dir(folder.parent.parent)
+            self._last_arrival[study] = time.time()
+        return target
+
+    def incoming_count(self) -> int:
+        """Number of instances waiting in ``incoming/``."""
+        return sum(1 for _ in (self.root / "incoming").glob("*/*/*.dcm"))
+
+    # ---------------------------------------------------------------- jobs
+    def claim_stable_studies(self, stable_seconds: float) -> list[str]:
+        """Move every study that received nothing for ``stable_seconds`` to ``processing/``; returns new jobs."""
+        jobs = []
+        now = time.time()
+        with self._lock:
+            for study_dir in sorted((self.root / "incoming").iterdir()):
+                study = study_dir.name
+                last = self._last_arrival.get(study)
+                if last is None:  # after a restart: the newest file tells when the study last grew
+                    stamps = [p.stat().st_mtime for p in study_dir.glob("*/*")] or [study_dir.stat().st_mtime]
+                    last = self._last_arrival[study] = max(stamps)
+                if now - last < stable_seconds:
+                    continue
+                job = f"{hashlib.sha1(study.encode()).hexdigest()[:12]}-{time.time_ns()}"
+                os.replace(study_dir, self.root / "processing" / job)
+                _fsync_dir(self.root / "incoming")
+                _fsync_dir(self.root / "processing")
+                self._last_arrival.pop(study, None)
+                jobs.append(job)
+        return jobs
+
+    def pending_jobs(self) -> list[str]:
+        """Jobs in ``processing/`` (claimed but not finished), oldest first."""
+        return sorted(p.name for p in (self.root / "processing").iterdir() if p.is_dir())
+
+    def job_instances(self, job: str) -> dict[str, list[Path]]:
+        """Series folder name -> instance files of a job in ``processing/``."""
+        folder = self.root / "processing" / job
+        return {s.name: sorted(s.glob("*.dcm")) for s in sorted(folder.iterdir()) if s.is_dir()}
+
+    def has_results(self, job: str) -> bool:
+        return (self.root / "outbox" / job).exists() or (self.root / "sent" / job).exists()
+
+    def complete(self, job: str, results: Iterable[Dataset]) -> int:
+        """Publish a job's results to ``outbox/`` in one rename, then move its inputs to ``done/``.
+
+        Returns the number of result instances (0 is allowed: nothing matched the pipelines).
+        """
+        if not self.has_results(job):
+            staging = self.root / "outbox" / f".{job}.partial"
+            if staging.exists():
+                shutil.rmtree(staging)
+            staging.mkdir()
+            count = 0
+            for count, ds in enumerate(results, start=1):
+                path = staging / f"{count:03d}.dcm"
+                ds.save_as(path, enforce_file_format=True)
+                with open(path, "rb+") as handle:
+                    os.fsync(handle.fileno())
+            _fsync_dir(staging)
+            os.replace(staging, self.root / "outbox" / job)
+            _fsync_dir(self.root / "outbox")
+        self._retire(job, "done")
+        return len(list((self.root / "outbox" / job).glob("*.dcm"))) if (self.root / "outbox" / job).exists() else 0
+
+    def fail(self, job: str, reason: str) -> None:
+        """Move a job's inputs to ``failed/`` with a ``reason.txt``."""
+        _write_durable(self.root / "processing" / job / "reason.txt", reason.encode("utf-8", "replace"))
+        self._retire(job, "failed")
+
+    def _retire(self, job: str, area: str) -> None:
+        source = self.root / "processing" / job
+        if source.exists():
+            os.replace(source, self.root / area / job)
+            _fsync_dir(self.root / area)
+            _fsync_dir(self.root / "processing")
+
+    # ---------------------------------------------------------------- sending
+    def outbox_jobs(self) -> list[str]:
+        return sorted(p.name for p in (self.root / "outbox").iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def outbox_files(self, job: str) -> list[Path]:
+        return sorted((self.root / "outbox" / job).glob("*.dcm"))
+
+    def mark_sent(self, job: str) -> None:
+        os.replace(self.root / "outbox" / job, self.root / "sent" / job)
+        _fsync_dir(self.root / "sent")
+        _fsync_dir(self.root / "outbox")

@@ -1,0 +1,236 @@
+"""Helpers for the deploy tests: tiny real MONAI bundles, node configs, real DICOM copies, an Orthanc server.
+
+The tiny bundles are complete MONAI bundles (metadata, YAML inference config with ``network_def``,
+``preprocessing`` through :class:`dissect_monai.transforms.LoadMedicalImaged`, ``inferer``, ``postprocessing``
+with ``Invertd``, and a randomly initialised real MONAI network saved as ``models/model.pt``). They exercise
+the generic bundle contract the node relies on; they are not trained.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import requests
+import torch
+import yaml
+from monai.bundle import ConfigParser
+
+from dissect_monai.deploy.dicom_io import assign_missing_uids
+
+SIIM_CR = "dicom-samples/1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
+CT_SERIES = "totalseg-ct/example_ct_dicom"
+
+_LOAD_2D = {"_target_": "dissect_monai.transforms.LoadMedicalImaged", "keys": "image"}
+_LOAD_CT = {"_target_": "dissect_monai.transforms.LoadMedicalImaged", "keys": "image", "intensity": "hu"}
+
+
+def _bundle_configs(kind: str) -> tuple[dict[str, Any], dict[str, str]]:
+    if kind == "cxr_classification":
+        network = {
+            "_target_": "monai.networks.nets.Classifier", "in_shape": [1, 64, 64], "classes": 2,
+            "channels": [4, 8], "strides": [2, 2],
+        }
+        pre = [_LOAD_2D, {"_target_": "Resized", "keys": "image", "spatial_size": [64, 64]}]
+        post = [{"_target_": "Activationsd", "keys": "pred", "softmax": True}]
+        return {"network_def": network, "pre": pre, "post": post}, {"0": "no finding", "1": "pneumonia"}
+    invert = {
+        "_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
+        "nearest_interp": True,
+    }
+    if kind == "cxr_lung_segmentation":
+        network = {
+            "_target_": "monai.networks.nets.UNet", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
+            "channels": [4, 8], "strides": [2], "num_res_units": 0,
+        }
+        pre = [_LOAD_2D, {"_target_": "Resized", "keys": "image", "spatial_size": [64, 64]}]
+        post = [{"_target_": "AsDiscreted", "keys": "pred", "argmax": True}, invert]
+        return {"network_def": network, "pre": pre, "post": post}, {"0": "background", "1": "lung"}
+    if kind == "ct_segmentation":
+        network = {
+            "_target_": "monai.networks.nets.UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 3,
+            "channels": [4, 8], "strides": [2], "num_res_units": 0,
+        }
+        pre = [
+            _LOAD_CT,
+            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -1000, "a_max": 1000, "b_min": 0.0,
+             "b_max": 1.0, "clip": True},
+            {"_target_": "Resized", "keys": "image", "spatial_size": [64, 64, 16]},
+        ]
+        post = [{"_target_": "AsDiscreted", "keys": "pred", "argmax": True}, invert]
+        return {"network_def": network, "pre": pre, "post": post}, {"0": "background", "1": "liver", "2": "spleen"}
+    raise ValueError(kind)
+
+
+def make_tiny_bundle(root: Path, kind: str, seed: int = 0) -> Path:
+    """Write a tiny but complete MONAI bundle of ``kind`` (cxr_classification, cxr_lung_segmentation,
+    ct_segmentation) under ``root/<kind>`` with a randomly initialised network; returns the bundle folder."""
+    parts, channel_def = _bundle_configs(kind)
+    bundle = root / kind
+    (bundle / "configs").mkdir(parents=True, exist_ok=True)
+    (bundle / "models").mkdir(exist_ok=True)
+    inference = {
+        "imports": ["$import torch"],
+        "bundle_root": str(bundle),
+        "device": "$torch.device('cpu')",
+        "network_def": parts["network_def"],
+        "preprocessing": {"_target_": "Compose", "transforms": parts["pre"]},
+        "inferer": {"_target_": "SimpleInferer"},
+        "postprocessing": {"_target_": "Compose", "transforms": parts["post"]},
+    }
+    (bundle / "configs" / "inference.yaml").write_text(yaml.safe_dump(inference, sort_keys=False))
+    metadata = {
+        "name": f"tiny_{kind}", "version": "0.0.1", "monai_version": "1.4.0",
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "num_channels": 1}},
+            "outputs": {"pred": {"type": "probabilities" if kind.endswith("classification") else "image",
+                                 "num_channels": len(channel_def), "channel_def": channel_def}},
+        },
+    }
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    torch.manual_seed(seed)
+    parser = ConfigParser(inference)
+    network = parser.get_parsed_content("network_def")
+    torch.save(network.state_dict(), bundle / "models" / "model.pt")
+    return bundle
+
+
+def node_config_file(
+    path: Path, spool: Path, pipelines: list[dict[str, Any]], destination: dict[str, Any] | None = None, **extra: Any
+) -> Path:
+    """Write a node YAML config for tests (port 0 = any free port; short stable time)."""
+    config = {
+        "spool_dir": str(spool), "ae_title": "DISSECT_AI", "host": "127.0.0.1", "port": 0,
+        "allowed_calling_aets": ["ORTHANC", "TESTSCU"], "stable_seconds": 1.0, "poll_seconds": 0.2,
+        "health_port": 0, "torch_threads": 1, "destination": destination or {"ae_title": "NOBODY", "port": 9},
+        "retry": {"initial_seconds": 0.5, "max_seconds": 4.0}, "pipelines": pipelines, **extra,
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+CR_RULES = {"Modality": "CR|DX", "BodyPartExamined": "CHEST|"}
+CT_RULES = {"Modality": "CT", "ImageType": ["!LOCALIZER"]}
+
+
+def ct_series_copy(data_root: Path, target: Path) -> list[Path]:
+    """The real 20-slice CT series with its blanked UIDs filled in (pixels untouched), written to ``target``."""
+    folder = data_root / CT_SERIES
+    datasets = assign_missing_uids([pydicom.dcmread(p) for p in sorted(folder.iterdir())], folder.name)
+    target.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ds in datasets:
+        path = target / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):
+    """Poll ``predicate`` until it returns a truthy value; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class Orthanc:
+    """A private Orthanc 1.10 on 127.0.0.1 with a temporary config (HTTP on loopback-only access, no auth).
+
+    Orthanc's DICOM server is enabled because the node stores its results there; Orthanc 1.10 has no bind
+    address option, so that port listens on all interfaces: it is a random free high port, and Orthanc only
+    talks DICOM with the modalities listed in its config.
+    """
+
+    BINARY = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+
+    def __init__(self, workdir: Path, node_aet: str, node_port: int) -> None:
+        self.workdir = workdir
+        self.http_port, self.dicom_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "dissect-test", "StorageDirectory": str(workdir / "db"), "IndexDirectory": str(workdir / "db"),
+            "HttpPort": self.http_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+            "DicomServerEnabled": True, "DicomAet": "ORTHANC", "DicomPort": self.dicom_port,
+            "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": False, "DicomAlwaysAllowEcho": False,
+            "DicomModalities": {"node": {"AET": node_aet, "Host": "127.0.0.1", "Port": node_port,
+                                         "AllowStore": True, "AllowEcho": True}},
+            "Plugins": [], "StableAge": 1, "SaveJobs": False, "HttpTimeout": 120, "DicomScuTimeout": 60,
+        }
+        (workdir / "orthanc.json").write_text(json.dumps(config, indent=2))
+        log = open(workdir / "orthanc.log", "wb")
+        self.process = subprocess.Popen([self.BINARY, str(workdir / "orthanc.json")], stdout=log, stderr=log)
+        wait_for(self._alive, 30, what=f"Orthanc to answer on {self.url}")
+
+    def _alive(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"Orthanc exited with {self.process.returncode}: see {self.workdir / 'orthanc.log'}")
+        try:
+            return requests.get(self.url + "/system", timeout=2).ok
+        except requests.RequestException:
+            return False
+
+    def set_node_port(self, port: int) -> None:
+        """Point the ``node`` modality at another port (e.g. a restarted node)."""
+        body = {"AET": "DISSECT_AI", "Host": "127.0.0.1", "Port": port, "AllowStore": True, "AllowEcho": True}
+        requests.put(f"{self.url}/modalities/node", json=body, timeout=10).raise_for_status()
+
+    def upload(self, path: Path) -> str:
+        response = requests.post(self.url + "/instances", data=Path(path).read_bytes(), timeout=60)
+        response.raise_for_status()
+        return response.json()["ID"]
+
+    def store_to_node(self, resources: list[str]) -> dict:
+        body = {"Resources": resources, "Synchronous": True}
+        response = requests.post(f"{self.url}/modalities/node/store", json=body, timeout=300)
+        response.raise_for_status()
+        return response.json()
+
+    def get(self, path: str) -> Any:
+        response = requests.get(self.url + path, timeout=60)
+        response.raise_for_status()
+        return response.json()
+
+    def study_instances(self, study_uid: str, modality: str) -> list[pydicom.Dataset]:
+        """Every instance of ``modality`` stored in the study, downloaded and parsed."""
+        found = requests.post(self.url + "/tools/lookup", data=study_uid, timeout=10).json()
+        studies = [f["ID"] for f in found if f["Type"] == "Study"]
+        datasets = []
+        for study in studies:
+            for series in self.get(f"/studies/{study}/series"):
+                if series["MainDicomTags"].get("Modality") != modality:
+                    continue
+                for instance in series["Instances"]:
+                    data = requests.get(f"{self.url}/instances/{instance}/file", timeout=60).content
+                    datasets.append(pydicom.dcmread(__import__("io").BytesIO(data)))
+        return datasets
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def orthanc_available() -> bool:
+    return os.access(Orthanc.BINARY, os.X_OK)
