@@ -172,3 +172,26 @@ def test_dict_transform_per_key_modes_and_missing_keys(data_root):
     assert "label" not in t({"image": item["image"]})
     with pytest.raises(KeyError):
         LoadMedicalImaged(["image", "label"])({"image": item["image"]})
+
+
+def test_modality_and_voi_lut_sequences_match_pydicom():
+    """LUT-sequence paths (pydicom-data's real LUT test images) agree with pydicom's reference functions."""
+    try:
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    except ImportError:  # pydicom 2
+        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
+
+    mlut = get_testdata_file("mlut_18.dcm")
+    ds = pydicom.dcmread(mlut)
+    assert "ModalityLUTSequence" in ds
+    raw = LoadMedicalImage(intensity="raw")(mlut)
+    np.testing.assert_allclose(raw[0].numpy(), apply_modality_lut(ds.pixel_array, ds))
+
+    vlut = get_testdata_file("vlut_04.dcm")
+    ds = pydicom.dcmread(vlut)
+    assert "VOILUTSequence" in ds
+    unit = LoadMedicalImage()(vlut)
+    assert unit.meta["voi_source"] == "VOILUTSequence"
+    bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+    expected = apply_voi_lut(ds.pixel_array, ds, index=0) / (2**bits - 1)
+    np.testing.assert_allclose(unit[0].numpy(), expected, atol=1e-6)
