@@ -7,6 +7,7 @@ from monai.networks.blocks.pos_embed_utils import build_sincos_position_embeddin
 from torch import nn
 
 from dissect_monai.losses.mae import MaskedPatchLoss
+from dissect_monai.networks.embedder import EncoderEmbedder
 from dissect_monai.networks.vit import ViTEncoder, gather_tokens, patchify, transformer_block
 
 __all__ = ["MAE", "random_patch_mask"]
@@ -47,7 +48,8 @@ class MAE(nn.Module):
 
     ``forward(view1, view2=None)`` treats the views as independent samples (both are reconstructed, so a
     step sees as many images as a two-view method's step). The loss is :class:`MaskedPatchLoss` on the
-    masked patches, with per-patch normalised pixel targets.
+    masked patches, with per-patch normalised pixel targets. ``embedder`` (:class:`EncoderEmbedder`) is
+    the network the bundle ships.
 
     Args:
         encoder: the ViT to pretrain (default: :class:`ViTEncoder` with its defaults).
@@ -68,7 +70,7 @@ class MAE(nn.Module):
         norm_pix: bool = True,
     ) -> None:
         super().__init__()
-        self.encoder = encoder if encoder is not None else ViTEncoder()
+        self.embedder = EncoderEmbedder(encoder if encoder is not None else ViTEncoder())
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
         self.mask_ratio = mask_ratio
@@ -86,6 +88,11 @@ class MAE(nn.Module):
         self.decoder_norm = nn.LayerNorm(decoder_dim)
         self.decoder_pred = nn.Linear(decoder_dim, patch_pixels)
         self.loss_function = MaskedPatchLoss(norm_pix=norm_pix)
+
+    @property
+    def encoder(self) -> ViTEncoder:
+        """The ViT being pretrained (what transfer uses)."""
+        return self.embedder.encoder
 
     def reconstruct(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask, encode and decode: ``(B, C, *img_size)`` -> predicted patches ``(B, N, P)`` and mask ``(B, N)``."""

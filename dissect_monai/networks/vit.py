@@ -235,7 +235,8 @@ class ViTTokenPyramid(nn.Module):
     """A :class:`ViTEncoder` seen as a feature pyramid: patch-token maps at chosen depths.
 
     Same contract as ``ResNetFeaturePyramid`` (``forward(x) -> list`` of channel-first maps, attribute
-    ``out_channels``, ``feature_dim``), so methods written for pyramids (DiSSECT) run on a ViT.
+    ``out_channels``, ``feature_dim``; ``stage_names`` ``block<depth>``), so methods written for pyramids
+    (DiSSECT) run on a ViT.
 
     Args:
         encoder: the ViT.
@@ -250,10 +251,15 @@ class ViTTokenPyramid(nn.Module):
         if bad:
             raise ValueError(f"depths {bad} outside 1..{n}")
         self.encoder = encoder
+        self.stage_names = tuple(f"block{d}" for d in self.depths)
         self.out_channels = tuple(encoder.feature_dim for _ in self.depths)
         self.feature_dim = encoder.feature_dim
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """``(B, C, *img_size)`` -> list of raw block outputs as ``(B, D, *grid_size)`` maps, one per depth."""
-        _, hidden = self.encoder.encode(x, return_depths=self.depths)
-        return [self.encoder.tokens_to_map(h) for h in hidden]
+        """``(B, C, *img_size)`` -> one ``(B, D, *grid_size)`` patch-token map per depth.
+
+        Maps are the blocks' raw outputs, except at full depth where they are the final layer-normalised tokens.
+        """
+        final, hidden = self.encoder.encode(x, return_depths=self.depths)
+        n = self.encoder.num_layers
+        return [self.encoder.tokens_to_map(final if d == n else h) for d, h in zip(self.depths, hidden)]
