@@ -195,3 +195,11 @@ def test_modality_and_voi_lut_sequences_match_pydicom():
     bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
     expected = apply_voi_lut(ds.pixel_array, ds, index=0) / (2**bits - 1)
     np.testing.assert_allclose(unit[0].numpy(), expected, atol=1e-6)
+
+
+def test_window_per_key():
+    ct = get_testdata_file("CT_small.dcm")
+    out = LoadMedicalImaged(["a", "b"], window=[None, (40, 400)])({"a": ct, "b": ct})
+    assert out["a"].meta["voi_source"] == "percentile" and out["b"].meta["voi_source"] == "override"
+    both = LoadMedicalImaged(["a", "b"], window=(40, 400))({"a": ct, "b": ct})
+    assert both["a"].meta["window_width"] == both["b"].meta["window_width"] == 400

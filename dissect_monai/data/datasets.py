@@ -118,12 +118,13 @@ class RobustCacheDataset(_SkipUnreadable, CacheDataset):
         transform: a ``Compose``; transforms before the first random one are cached.
         on_error: ``"skip"`` or ``"raise"``.
         kwargs: passed to :class:`monai.data.CacheDataset` (``cache_rate``, ``num_workers``, ``progress``, ...;
-            ``runtime_cache`` is not supported).
+            ``runtime_cache`` and ``hash_as_key`` are not supported).
     """
 
     def __init__(self, data: Sequence, transform: Callable, on_error: str = "skip", **kwargs) -> None:
-        if kwargs.get("runtime_cache"):
-            raise ValueError("RobustCacheDataset fills its cache up front; runtime_cache is not supported")
+        if kwargs.get("runtime_cache") or kwargs.get("hash_as_key"):
+            raise ValueError("RobustCacheDataset fills its cache up front, one entry per item: runtime_cache and "
+                             "hash_as_key are not supported")
         self._init_robust(on_error)
         self._load_errors: dict[int, ImageLoadError] = {}
         kwargs.setdefault("progress", False)
@@ -150,8 +151,6 @@ class RobustCacheDataset(_SkipUnreadable, CacheDataset):
         self.bad_items = {i: str(e) for i, e in sorted(self._load_errors.items())}
         keep = [i for i in range(len(self.data)) if i not in bad]
         cached = [self._cache[i] for i in range(len(self._cache)) if i not in bad]
-        if self.hash_as_key:
-            self._hash_keys = [k for i, k in enumerate(self._hash_keys) if i not in bad]
         self.data = [self.data[i] for i in keep]
         self._cache = cached
         self.cache_num = len(cached)

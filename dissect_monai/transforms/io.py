@@ -129,10 +129,8 @@ class LoadMedicalImaged(MapTransform):
         super().__init__(keys, allow_missing_keys)
         n = len(self.keys)
         intensities = ensure_tuple_rep(intensity, n)
-        if window is None or (len(window) == 2 and not isinstance(window[0], (list, tuple)) and window[0] is not None):
-            windows = (window,) * n
-        else:
-            windows = ensure_tuple_rep(window, n)
+        one_window = window is None or all(isinstance(v, (int, float)) for v in window)
+        windows = (window,) * n if one_window else ensure_tuple_rep(window, n)
         rejects = ensure_tuple_rep(reject_constant, n)
         self.loaders = {
             key: LoadMedicalImage(i, w, percentiles, r, axcodes, series_uid)
