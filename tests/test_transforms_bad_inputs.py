@@ -137,9 +137,10 @@ def test_series_problems(data_root, tmp_path):
 
     duplicated = tmp_path / "duplicated"
     duplicated.mkdir()
-    shutil.copy(files[0], duplicated / "a.dcm")
-    shutil.copy(files[0], duplicated / "b.dcm")
-    expect_error(duplicated, "same position")
+    for f in files:
+        shutil.copy(f, duplicated / f.name)
+    shutil.copy(files[1], duplicated / "copy.dcm")  # 4 slices, one position twice: the median gap stays > 0
+    expect_error(duplicated, "1 slices share the same position")
 
     empty = tmp_path / "empty"
     empty.mkdir()

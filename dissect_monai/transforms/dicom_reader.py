@@ -235,9 +235,11 @@ def _slice_gap(projections: np.ndarray, filename, fallback: float) -> float:
     if len(projections) < 2:
         return fallback
     gaps = np.diff(projections)
+    repeated = int(np.sum(gaps <= 1e-4))
+    if repeated:
+        raise ImageLoadError(filename, f"{repeated} slices share the same position (duplicate instances in the "
+                                       "series?)")
     gap = float(np.median(gaps))
-    if gap <= 0:
-        raise ImageLoadError(filename, "slices share the same position (duplicate instances in the series?)")
     if np.max(np.abs(gaps - gap)) > 0.01 * gap + 1e-3:
         warnings.warn(f"{filename}: slice spacing is not uniform ({gaps.min():.3f}-{gaps.max():.3f} mm); "
                       f"the affine uses the median {gap:.3f} mm", stacklevel=3)
