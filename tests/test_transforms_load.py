@@ -203,3 +203,18 @@ def test_window_per_key():
     assert out["a"].meta["voi_source"] == "percentile" and out["b"].meta["voi_source"] == "override"
     both = LoadMedicalImaged(["a", "b"], window=(40, 400))({"a": ct, "b": ct})
     assert both["a"].meta["window_width"] == both["b"].meta["window_width"] == 400
+
+
+def test_16_bit_and_float_rasters(data_root, tmp_path):
+    png = data_root / "nih-cxr-pneumonia/images/00000061_012.png"
+    pixels = np.asarray(Image.open(png), dtype=np.uint16)
+    deep = tmp_path / "deep.png"
+    Image.fromarray(pixels * 257).save(deep)  # 8 -> 16 bit, same intensities
+    assert Image.open(deep).mode.startswith("I;16")
+    np.testing.assert_allclose(LoadMedicalImage()(deep).numpy(), LoadMedicalImage()(png).numpy(), atol=1e-6)
+    floating = tmp_path / "float.tiff"
+    Image.fromarray(pixels.astype(np.float32) * 10.0 - 300.0).save(floating)
+    raw = LoadMedicalImage(intensity="raw")(floating)
+    np.testing.assert_allclose(raw[0].numpy(), pixels * 10.0 - 300.0)
+    unit = LoadMedicalImage()(floating)
+    assert unit.meta["voi_source"] == "percentile" and float(unit.min()) == 0.0 and float(unit.max()) == 1.0

@@ -22,7 +22,8 @@ def read_raster(path: str | os.PathLike) -> RawImage:
     """Read a PNG/JPEG/TIFF as grayscale ``(1, H, W)`` (rows first), identity affine.
 
     RGB(A) and palette images are converted to luminance (identical channels, as in Kermany's JPEGs,
-    come out unchanged); 16-bit images keep their depth. "unit" divides by the bit depth's maximum.
+    come out unchanged); 16-bit images keep their depth and "unit" divides by the bit depth's maximum;
+    32-bit integer/float images (TIFF) keep their values and "unit" uses a percentile window.
 
     Raises:
         ImageLoadError: missing, unidentifiable or truncated files.
@@ -35,12 +36,12 @@ def read_raster(path: str | os.PathLike) -> RawImage:
             with Image.open(path) as img:
                 img.load()
                 mode = img.mode
-                if mode in ("I;16", "I;16B", "I;16L", "I"):
-                    array = np.asarray(img, dtype=np.float32)
-                    scale = 65535.0
+                if mode.startswith("I;16"):
+                    array, scale = np.asarray(img, dtype=np.float32), 65535.0
+                elif mode in ("I", "F"):  # 32-bit integer/float: no fixed range, "unit" uses a percentile window
+                    array, scale = np.asarray(img, dtype=np.float32), None
                 else:
-                    array = np.asarray(img.convert("L"), dtype=np.float32)
-                    scale = 255.0
+                    array, scale = np.asarray(img.convert("L"), dtype=np.float32), 255.0
     except UnidentifiedImageError as e:
         raise ImageLoadError(path, "not a readable image (unknown or corrupt format)") from e
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
