@@ -28,7 +28,7 @@ try:  # pydicom >= 3
 except ImportError:  # pydicom 2.x
     from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
 
-__all__ = ["SAFE_TAGS", "read_dicom", "read_dicom_header", "is_dicom_file"]
+__all__ = ["SAFE_TAGS", "read_dicom", "read_dicom_header", "is_dicom_file", "sop_instance_uid"]
 
 SAFE_TAGS = (
     "Modality",
@@ -194,7 +194,7 @@ def _voi_lut(ds: pydicom.Dataset):
     return lut
 
 
-def _sop_instance_uid(ds: pydicom.Dataset) -> str:
+def sop_instance_uid(ds: pydicom.Dataset) -> str:
     """SOPInstanceUID, or the file meta's copy when the dataset's was blanked (as some anonymisers do)."""
     uid = str(ds.get("SOPInstanceUID", "") or "")
     return uid or str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPInstanceUID", "") or "")
@@ -251,7 +251,7 @@ def _single_instance(ds: pydicom.Dataset, filename) -> RawImage:
     values = _modality_values(ds, stored, filename)
     spacing, spacing_source = _pixel_spacing(ds)
     meta = _safe_meta(ds)
-    meta.update(SOPInstanceUID=_sop_instance_uid(ds), spacing_source=spacing_source)
+    meta.update(SOPInstanceUID=sop_instance_uid(ds), spacing_source=spacing_source)
     common = dict(
         filename=filename,
         modality=meta["Modality"],
@@ -318,7 +318,7 @@ def _series(paths: Sequence[str], filename, series_uid: str | None) -> RawImage:
     values = np.stack(slices, axis=-1).transpose(1, 0, 2)[None]  # (1, columns, rows, slices)
     middle = datasets[len(datasets) // 2]
     meta = _safe_meta(middle)
-    meta.update(SOPInstanceUID="\\".join(_sop_instance_uid(ds) for ds in datasets),
+    meta.update(SOPInstanceUID="\\".join(sop_instance_uid(ds) for ds in datasets),
                 spacing_source=spacing_source)
     return RawImage(
         values=np.ascontiguousarray(values),
