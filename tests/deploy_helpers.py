@@ -51,7 +51,8 @@ def _bundle_configs(kind: str) -> tuple[dict[str, Any], dict[str, str]]:
             "channels": [4, 8], "strides": [2], "num_res_units": 0,
         }
         pre = [_LOAD_2D, {"_target_": "Resized", "keys": "image", "spatial_size": [64, 64]}]
-        post = [{"_target_": "AsDiscreted", "keys": "pred", "argmax": True}, invert]
+        writer = {"_target_": "SaveImaged", "keys": "pred", "output_dir": "$@bundle_root + '/eval'"}
+        post = [{"_target_": "AsDiscreted", "keys": "pred", "argmax": True}, invert, writer]
         return {"network_def": network, "pre": pre, "post": post}, {"0": "background", "1": "lung"}
     if kind == "ct_segmentation":
         network = {

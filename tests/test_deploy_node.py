@@ -151,6 +151,7 @@ def test_cr_study_to_sr_and_seg_delivered(node_and_pacs, data_root, runners):
     expected_mask = label_map_to_frames(runners["lung"].predict(source_path).numpy().round(), [source])[0]
     np.testing.assert_array_equal(mask, expected_mask)
     assert 0 < expected_mask.sum() < expected_mask.size  # a non-trivial mask
+    assert not (runners["lung"].bundle_dir / "eval").exists()  # the bundle's SaveImaged step was dropped
     health = requests.get(f"http://127.0.0.1:{node.health_port}/health", timeout=5).json()
     assert health["received"] == 1 and health["processed"] == 1 and health["sent"] == 2 and health["failed"] == 0
     assert (node.spool.root / "node.json").is_file()

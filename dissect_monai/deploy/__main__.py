@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its debug output can echo dataset elements
+    for chatty in ("pynetdicom", "highdicom"):  # their INFO/DEBUG lines echo UIDs and dataset elements
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         config = load_node_config(args.config, overrides=None if args.port is None else {"port": args.port})
         node = InferenceNode(config)

@@ -2,8 +2,9 @@
 
 The contract is the generic bundle inference config (the one MONAI Label and the Deploy App SDK use):
 ``network_def``, ``preprocessing`` (a dictionary transform whose first step loads the path under ``image``),
-``inferer``, ``postprocessing`` (producing ``pred``), weights in ``models/model.pt`` (a state dict), and
-``configs/metadata.json`` whose ``network_data_format.outputs.pred.channel_def`` names the output channels.
+``inferer``, ``postprocessing`` (producing ``pred``; its ``Save*`` writer steps are dropped), weights in
+``models/model.pt`` (a state dict), and ``configs/metadata.json`` whose
+``network_data_format.outputs.pred.channel_def`` names the output channels.
 """
 
 from __future__ import annotations
@@ -17,10 +18,20 @@ from typing import Any
 import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
+from monai.transforms import Compose
 
 __all__ = ["BundleRunner", "BundleError"]
 
 _CONFIG_NAMES = ("configs/inference.yaml", "configs/inference.yml", "configs/inference.json")
+
+
+def _without_writers(postprocessing: Any) -> Any:
+    """The bundle's postprocessing without its ``Save*`` steps (file writers), as the MONAI Deploy App SDK does:
+    the node writes DICOM itself and must not leave NIfTI / PNG / SEG files in the bundle folder."""
+    if isinstance(postprocessing, Compose):
+        kept = [t for t in postprocessing.transforms if not type(t).__name__.startswith("Save")]
+        return Compose(kept, map_items=postprocessing.map_items, unpack_items=postprocessing.unpack_items)
+    return postprocessing
 
 
 class BundleError(RuntimeError):
@@ -65,7 +76,7 @@ class BundleRunner:
         try:
             self.network: torch.nn.Module = parser.get_parsed_content("network_def", instantiate=True)
             self.preprocessing = parser.get_parsed_content("preprocessing", instantiate=True)
-            self.postprocessing = parser.get_parsed_content("postprocessing", instantiate=True)
+            self.postprocessing = _without_writers(parser.get_parsed_content("postprocessing", instantiate=True))
             self.inferer = parser.get_parsed_content("inferer", instantiate=True)
         except Exception as err:  # noqa: BLE001 - any config error is reported with the bundle's name
             raise BundleError(f"bundle {self.bundle_dir}: cannot parse {config_path.name}: {err}") from err

@@ -1,0 +1,191 @@
+"""The node behind a real Orthanc 1.10 (Debian package) on 127.0.0.1: Orthanc C-STOREs real studies to the
+node, the SR / SEG results come back into the same study in Orthanc; a SIGKILLed node recovers exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import requests
+from deploy_helpers import (
+    CR_RULES,
+    CT_RULES,
+    SIIM_CR,
+    Orthanc,
+    ct_series_copy,
+    free_port,
+    make_tiny_bundle,
+    node_config_file,
+    orthanc_available,
+    wait_for,
+)
+
+from dissect_monai.deploy.bundle_runner import BundleRunner
+from dissect_monai.deploy.config import load_node_config
+from dissect_monai.deploy.node import InferenceNode
+from dissect_monai.deploy.seg_writer import label_map_to_frames
+from dissect_monai.deploy.sr_writer import read_classification_sr
+
+pytestmark = [
+    pytest.mark.orthanc,
+    pytest.mark.skipif(not orthanc_available(), reason="no Orthanc binary: install the Debian package `orthanc`"),
+]
+
+# Tiny randomly initialised bundles (deploy_helpers.make_tiny_bundle) stand in for the project's bundles here:
+# what is tested is the DICOM path (Orthanc -> node -> bundle -> SR/SEG -> Orthanc), compared with running the
+# same bundle directly.
+KINDS = ("cxr_classification", "cxr_lung_segmentation", "ct_segmentation")
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bundles")
+    return {kind: make_tiny_bundle(root, kind) for kind in KINDS}
+
+
+@pytest.fixture(scope="module")
+def runners(bundles) -> dict[str, BundleRunner]:
+    return {kind: BundleRunner(path) for kind, path in bundles.items()}
+
+
+@pytest.fixture(scope="module")
+def ct_files(data_root, tmp_path_factory) -> list[Path]:
+    return ct_series_copy(data_root, tmp_path_factory.mktemp("ct"))
+
+
+def _pipelines(bundles) -> list[dict]:
+    return [
+        {"name": "cxr_classification", "bundle": str(bundles["cxr_classification"]), "output": "sr",
+         "rules": CR_RULES, "single_instance": True},
+        {"name": "cxr_lung_segmentation", "bundle": str(bundles["cxr_lung_segmentation"]), "output": "seg",
+         "rules": CR_RULES, "single_instance": True},
+        {"name": "ct_segmentation", "bundle": str(bundles["ct_segmentation"]), "output": "seg", "rules": CT_RULES},
+    ]
+
+
+def _node_config(tmp_path: Path, bundles, node_port: int, orthanc: Orthanc) -> Path:
+    return node_config_file(
+        tmp_path / "node.yaml", tmp_path / "spool", _pipelines(bundles),
+        {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port},
+        port=node_port, stable_seconds=1.5,
+    )
+
+
+def _send_studies(orthanc: Orthanc, data_root: Path, ct_files: list[Path]) -> tuple[pydicom.Dataset, list]:
+    cr_id = orthanc.upload(data_root / SIIM_CR)
+    ct_ids = [orthanc.upload(p) for p in ct_files]
+    answer = orthanc.store_to_node([cr_id] + ct_ids)
+    assert answer["FailedInstancesCount"] == 0 and answer["InstancesCount"] == 21
+    return pydicom.dcmread(data_root / SIIM_CR), [pydicom.dcmread(p) for p in ct_files]
+
+
+def _results(orthanc: Orthanc, cr: pydicom.Dataset, ct: list[pydicom.Dataset]) -> dict[str, list]:
+    return {
+        "cr_sr": orthanc.study_instances(cr.StudyInstanceUID, "SR"),
+        "cr_seg": orthanc.study_instances(cr.StudyInstanceUID, "SEG"),
+        "ct_seg": orthanc.study_instances(ct[0].StudyInstanceUID, "SEG"),
+    }
+
+
+def _all_arrived(orthanc, cr, ct):
+    found = _results(orthanc, cr, ct)
+    return found if all(found.values()) else None
+
+
+def test_orthanc_to_node_and_back(tmp_path, bundles, runners, data_root, ct_files):
+    node_port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", "DISSECT_AI", node_port)
+    node = InferenceNode(load_node_config(_node_config(tmp_path, bundles, node_port, orthanc)),
+                         runners={"cxr_classification": runners["cxr_classification"],
+                                  "cxr_lung_segmentation": runners["cxr_lung_segmentation"],
+                                  "ct_segmentation": runners["ct_segmentation"]})
+    node.start()
+    try:
+        echo = requests.post(f"{orthanc.url}/modalities/node/echo", json={}, timeout=30)
+        assert echo.ok  # Orthanc's C-ECHO to the node
+        cr, ct = _send_studies(orthanc, data_root, ct_files)
+        found = wait_for(lambda: _all_arrived(orthanc, cr, ct), 240, interval=1.0, what="SR and SEGs in Orthanc")
+        assert {k: len(v) for k, v in found.items()} == {"cr_sr": 1, "cr_seg": 1, "ct_seg": 1}
+
+        # classification: the probabilities in Orthanc's SR are the bundle's, run directly on the same file
+        direct = runners["cxr_classification"].predict(data_root / SIIM_CR)
+        expected = {"no finding": float(direct[0]), "pneumonia": float(direct[1])}
+        (sr,) = found["cr_sr"]
+        assert read_classification_sr(sr) == pytest.approx(expected, abs=1e-6)
+        assert sr.StudyInstanceUID == cr.StudyInstanceUID
+
+        # chest X-ray lung segmentation
+        seg = hd.seg.Segmentation.from_dataset(found["cr_seg"][0])
+        mask = seg.get_pixels_by_source_instance([cr.SOPInstanceUID], combine_segments=True)[0]
+        direct_mask = label_map_to_frames(runners["cxr_lung_segmentation"].predict(data_root / SIIM_CR).numpy(), [cr])
+        np.testing.assert_array_equal(mask, direct_mask[0])
+
+        # CT series segmentation, frame by frame on the source instances
+        seg = hd.seg.Segmentation.from_dataset(found["ct_seg"][0])
+        uids = [d.SOPInstanceUID for d in ct]
+        frames = seg.get_pixels_by_source_instance(uids, combine_segments=True, relabel=True)
+        pred = runners["ct_segmentation"].predict(ct_files[0].parent)
+        direct_frames = label_map_to_frames(pred.numpy(), ct, np.asarray(pred.affine))
+        labels = [int(d.SegmentNumber) for d in seg.SegmentSequence]
+        assert labels == [1, 2] and [d.SegmentLabel for d in seg.SegmentSequence] == ["liver", "spleen"]
+        np.testing.assert_array_equal(frames, direct_frames)
+        assert 0 < (direct_frames > 0).mean() < 1
+        health = node.health()
+        assert health["received"] == 21 and health["processed"] == 2 and health["sent"] == 3
+    finally:
+        node.stop()
+        orthanc.stop()
+
+
+def _serve(config: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "dissect_monai.deploy", "serve", "--config", str(config)],
+        stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env,
+    )
+
+
+def test_sigkill_mid_job_results_reach_orthanc_exactly_once(tmp_path, bundles, data_root, ct_files):
+    node_port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", "DISSECT_AI", node_port)
+    config = _node_config(tmp_path, bundles, node_port, orthanc)
+    spool = tmp_path / "spool"
+    node = _serve(config, tmp_path / "node.log")
+    try:
+        wait_for(lambda: (spool / "node.json").exists(), 120, what="the node to listen")
+        cr, ct = _send_studies(orthanc, data_root, ct_files)
+        wait_for(lambda: any((spool / "processing").iterdir()), 60, interval=0.05, what="a job to start")
+        node.send_signal(signal.SIGKILL)
+        node.wait(timeout=30)
+        pending = [p.name for p in (spool / "processing").iterdir()] + [p.name for p in (spool / "incoming").iterdir()]
+        assert pending, "the kill came after every job had finished"
+        (spool / "node.json").unlink()
+        node = _serve(config, tmp_path / "node.log")
+        wait_for(lambda: _all_arrived(orthanc, cr, ct), 240, interval=1.0, what="results after the restart")
+        wait_for(lambda: not any((spool / "processing").iterdir()) and not any((spool / "outbox").iterdir()), 60,
+                 what="the spool to drain")
+        found = _results(orthanc, cr, ct)
+        assert {k: len(v) for k, v in found.items()} == {"cr_sr": 1, "cr_seg": 1, "ct_seg": 1}
+        assert not any((spool / "failed").iterdir())
+        log = (tmp_path / "node.log").read_text()
+        assert cr.PatientID not in log and cr.StudyInstanceUID not in log and "highdicom" not in log
+    finally:
+        if node.poll() is None:
+            node.send_signal(signal.SIGTERM)
+            node.wait(timeout=60)
+        orthanc.stop()
