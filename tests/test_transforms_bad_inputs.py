@@ -142,6 +142,19 @@ def test_series_problems(data_root, tmp_path):
     shutil.copy(files[1], duplicated / "copy.dcm")  # 4 slices, one position twice: the median gap stays > 0
     expect_error(duplicated, "1 slices share the same position")
 
+    # non-image objects beside the slices (a DICOMDIR and an SR) are not slices and do not split the series
+    with_extras = tmp_path / "with_extras"
+    shutil.copytree(duplicated, with_extras)
+    (with_extras / "copy.dcm").unlink()
+    shutil.copy(get_testdata_file("DICOMDIR"), with_extras / "DICOMDIR")
+    shutil.copy(get_testdata_file("test-SR.dcm"), with_extras / "report.dcm")
+    assert LoadMedicalImage(intensity="hu")(with_extras).shape == (1, 512, 512, 3)
+    only_reports = tmp_path / "only_reports"
+    only_reports.mkdir()
+    shutil.copy(get_testdata_file("DICOMDIR"), only_reports / "DICOMDIR")
+    shutil.copy(get_testdata_file("test-SR.dcm"), only_reports / "report.dcm")
+    expect_error(only_reports, "no image instances")
+
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("no images here")

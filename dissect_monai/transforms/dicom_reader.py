@@ -283,6 +283,10 @@ def _single_instance(ds: pydicom.Dataset, filename) -> RawImage:
 
 def _series(paths: Sequence[str], filename, series_uid: str | None) -> RawImage:
     datasets = [read_dicom_header(p) for p in paths]
+    if len(datasets) > 1:  # a folder may also hold DICOMDIR, SR, KO or PR objects: not slices
+        datasets = [ds for ds in datasets if "Rows" in ds]
+        if not datasets:
+            raise ImageLoadError(filename, "no image instances (only non-image objects such as DICOMDIR or SR)")
     uids = sorted({str(ds.get("SeriesInstanceUID", "")) for ds in datasets})
     if series_uid is not None:
         datasets = [ds for ds in datasets if str(ds.get("SeriesInstanceUID", "")) == series_uid]
