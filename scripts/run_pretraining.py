@@ -51,6 +51,7 @@ def command(name: str, out_dir: Path, args: argparse.Namespace) -> list[str]:
         "--image_size", str(spec["image_size"]),
         "--quantizer", str(spec["quantizer"]),
         "--epochs", str(args.epochs),
+        "--warmup_epochs", str(args.warmup_epochs),
         "--batch_size", str(args.batch_size),
         "--num_threads", str(args.threads),
         "--seed", str(args.seed),
@@ -76,6 +77,7 @@ def start(name: str, args: argparse.Namespace) -> tuple[subprocess.Popen, dict, 
         "name": name,
         "command": " ".join(cmd),
         "epochs": args.epochs,
+        "warmup_epochs": args.warmup_epochs,
         "threads": args.threads,
         "resumed": (out_dir / "checkpoint.pt").is_file(),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -102,6 +104,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", default=["dissect_64", "byol_64"], choices=sorted(RUNS))
     parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("--warmup_epochs", type=float, default=1.0)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)

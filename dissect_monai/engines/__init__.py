@@ -1,10 +1,13 @@
-"""Ignite engines for SSL pretraining: the two-view step, checkpointing with resume, monitoring handlers."""
+"""Ignite engines for SSL pretraining (two-view step, checkpoints with resume, monitoring) and embedding inference."""
 
 from .checkpoint import SSLCheckpointer, atomic_save, load_checkpoint
+from .embedding import EmbeddingIteration, EmbeddingWriter
 from .handlers import EpochSeeder, ProgressBarHandler, SSLMetricsLogger, is_main_process
 from .ssl_iteration import NonFiniteTrainingError, SSLIteration, unwrap_module
 
 __all__ = [
+    "EmbeddingIteration",
+    "EmbeddingWriter",
     "EpochSeeder",
     "NonFiniteTrainingError",
     "ProgressBarHandler",
