@@ -74,6 +74,10 @@ def test_cache_dataset_drops_bad_items_up_front(mixed_datalist):
     assert batch["image"].shape == (6, 1, 32, 32)
     with pytest.raises(ImageLoadError, match="cut.png"):
         RobustCacheDataset(mixed_datalist, transforms(), on_error="raise")
+    # new data for the next epochs (MONAI's set_data) is screened the same way
+    with pytest.warns(UserWarning, match="skipped 1 unreadable of 3 items"):
+        ds.set_data(mixed_datalist[:3])
+    assert len(ds) == 2 and list(ds.bad_items) == [2]
 
 
 def test_persistent_dataset_with_worker_processes(mixed_datalist, tmp_path):

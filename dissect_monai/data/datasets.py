@@ -126,9 +126,14 @@ class RobustCacheDataset(_SkipUnreadable, CacheDataset):
             raise ValueError("RobustCacheDataset fills its cache up front, one entry per item: runtime_cache and "
                              "hash_as_key are not supported")
         self._init_robust(on_error)
-        self._load_errors: dict[int, ImageLoadError] = {}
         kwargs.setdefault("progress", False)
         super().__init__(data=data, transform=transform, **kwargs)
+
+    def set_data(self, data: Sequence) -> None:
+        """Cache ``data`` (MONAI's ``set_data``, also run by ``__init__``) and drop its unreadable items."""
+        self._load_errors: dict[int, ImageLoadError] = {}
+        self.bad_items = {}
+        super().set_data(data)
         self._drop_unreadable()
 
     def _load_cache_item(self, idx: int):
