@@ -235,3 +235,33 @@ class Orthanc:
 
 def orthanc_available() -> bool:
     return os.access(Orthanc.BINARY, os.X_OK)
+
+
+REAL_BUNDLES = {
+    "cxr_classification": "dissect_cxr_classification",
+    "cxr_lung_segmentation": "dissect_cxr_lung_segmentation",
+    "ct_segmentation": "dissect_ct_segmentation",
+}
+
+
+def project_bundle(repo_root: Path, kind: str, scratch: Path) -> tuple[Path, bool]:
+    """The project's bundle for ``kind`` and whether its trained weights are used.
+
+    With ``models/model.pt`` present (trained by the bundle's train config) the bundle folder itself is returned.
+    Otherwise its configs are copied to ``scratch`` with a randomly initialised state dict of its own
+    ``network_def``, so the node still runs the real inference config (transforms, network class, inferer,
+    postprocessing) — only the weights are untrained.
+    """
+    bundle = repo_root / "bundles" / REAL_BUNDLES[kind]
+    if (bundle / "models" / "model.pt").is_file():
+        return bundle, True
+    copy = scratch / bundle.name
+    shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("models", "eval", "runs"), dirs_exist_ok=True)
+    (copy / "models").mkdir(exist_ok=True)
+    parser = ConfigParser()
+    parser.read_meta(str(copy / "configs" / "metadata.json"))
+    parser.read_config(str(next((copy / "configs").glob("inference.*"))))
+    parser["bundle_root"] = str(copy)
+    torch.manual_seed(0)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), copy / "models" / "model.pt")
+    return copy, False

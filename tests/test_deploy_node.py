@@ -17,15 +17,23 @@ from deploy_helpers import (
     CR_RULES,
     CT_RULES,
     SIIM_CR,
+    ct_series_copy,
     free_port,
     make_tiny_bundle,
     node_config_file,
     wait_for,
 )
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit, RLELossless, generate_uid
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    RLELossless,
+    generate_uid,
+)
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom import AE, AllStoragePresentationContexts, ALL_TRANSFER_SYNTAXES, evt
-from pynetdicom.sop_class import SecondaryCaptureImageStorage, Verification
+from pynetdicom.sop_class import CTImageStorage, SecondaryCaptureImageStorage, Verification
 
 from dissect_monai.deploy.bundle_runner import BundleRunner
 from dissect_monai.deploy.config import load_node_config
@@ -155,6 +163,40 @@ def test_cr_study_to_sr_and_seg_delivered(node_and_pacs, data_root, runners):
     health = requests.get(f"http://127.0.0.1:{node.health_port}/health", timeout=5).json()
     assert health["received"] == 1 and health["processed"] == 1 and health["sent"] == 2 and health["failed"] == 0
     assert (node.spool.root / "node.json").is_file()
+
+
+def test_ct_series_to_seg_delivered(tmp_path, bundles, runners, data_root):
+    """A CT series (20 real JPEG 2000 slices) -> one multi-frame SEG whose frames equal the bundle's own output."""
+    pacs = ResultStore()
+    ct_bundle = make_tiny_bundle(tmp_path / "bundles", "ct_segmentation")
+    ct_runner = BundleRunner(ct_bundle)
+    pipelines = [{"name": "ct", "bundle": str(ct_bundle), "output": "seg", "rules": CT_RULES}]
+    path = node_config_file(tmp_path / "node.yaml", tmp_path / "spool", pipelines,
+                            {"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port})
+    node = InferenceNode(load_node_config(path), runners={"ct": ct_runner})
+    node.start()
+    try:
+        files = ct_series_copy(data_root, tmp_path / "ct")
+        series = [pydicom.dcmread(f) for f in files]
+        assoc = _associate(node.dicom_port, contexts=[(CTImageStorage, JPEG2000Lossless)])
+        assert all(assoc.send_c_store(ds).Status == 0x0000 for ds in series)
+        assoc.release()
+        wait_for(lambda: len(pacs.received) == 1, 120, what="the CT SEG at the PACS")
+    finally:
+        node.stop()
+        pacs.stop()
+    import highdicom as hd
+
+    seg = hd.seg.Segmentation.from_dataset(pacs.received[0])
+    frames = seg.get_pixels_by_source_instance([d.SOPInstanceUID for d in series], combine_segments=True,
+                                               relabel=True)
+    pred = ct_runner.predict(tmp_path / "ct")
+    expected = label_map_to_frames(pred.numpy(), series, np.asarray(pred.affine))
+    assert [d.SegmentLabel for d in seg.SegmentSequence] == ["liver", "spleen"]
+    np.testing.assert_array_equal(frames, expected)
+    assert len(np.unique(expected)) == 3  # background and both labels occur: a non-trivial comparison
+    assert seg.StudyInstanceUID == series[0].StudyInstanceUID
+    assert seg.FrameOfReferenceUID == series[0].FrameOfReferenceUID
 
 
 def _cr_variant(data_root: Path, **changes) -> pydicom.Dataset:

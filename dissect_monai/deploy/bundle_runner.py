@@ -69,6 +69,7 @@ class BundleRunner:
         except (OSError, ValueError) as err:
             raise BundleError(f"bundle {self.bundle_dir}: cannot read {meta_path.name}: {err}") from err
         parser = ConfigParser()
+        parser.read_meta(str(meta_path))  # `_meta_`, as `monai.bundle run` provides it to the config
         parser.read_config(str(config_path))
         parser["bundle_root"] = str(self.bundle_dir)
         if "device" in parser:

@@ -71,9 +71,19 @@ def probabilities_from_pred(pred: torch.Tensor, names: Mapping[int, str]) -> dic
     return {names[i]: float(values[i]) for i in sorted(names)}
 
 
-def label_map_from_pred(pred: torch.Tensor) -> np.ndarray:
-    """Integer label map with the channel kept as 1 from a segmentation output: argmax over C > 1 channels."""
+def label_map_from_pred(pred: torch.Tensor, spatial_ndim: int) -> np.ndarray:
+    """``(1, *spatial)`` integer label map from a segmentation output.
+
+    Args:
+        pred: ``(C, *spatial)`` (argmax over C > 1 channels; C = 1 is already a label map) or ``(*spatial)``
+            (a label map whose channel was squeezed, e.g. for MONAI Label).
+        spatial_ndim: 2 for a radiograph, 3 for a volume.
+    """
     array = torch.as_tensor(pred).detach().float()
+    if array.ndim == spatial_ndim:
+        array = array[None]
+    elif array.ndim != spatial_ndim + 1:
+        raise JobError(f"segmentation output of shape {tuple(array.shape)} is not {spatial_ndim}-D")
     if array.shape[0] > 1:
         array = array.argmax(dim=0, keepdim=True)
     return np.rint(array.cpu().numpy()).astype(np.int64)
@@ -140,7 +150,8 @@ class StudyProcessor:
                 )
             else:
                 names = pipeline.segments or {k: v for k, v in runner.channel_names().items() if k != 0}
-                labels = label_map_from_pred(pred)
+                frames_in_source = int(sources[0].get("NumberOfFrames", 1) or 1)
+                labels = label_map_from_pred(pred, 2 if len(sources) == 1 and frames_in_source == 1 else 3)
                 affine = getattr(pred, "affine", None)
                 try:
                     frames = label_map_to_frames(
