@@ -101,3 +101,26 @@ def test_bf16_path_close_to_fp32_and_scriptable():
         assert torch.allclose(scripted(x), y_fp32, atol=1e-5)
     assert y_bf16.dtype == torch.float32
     assert (y_bf16 - y_fp32).abs().max() < 0.1 * y_fp32.abs().max()
+
+
+def test_quantized_skips_from_a_dissect_checkpoint(tmp_path):
+    from dissect_monai.networks.dissect import DiSSECTEmbedder
+    from dissect_monai.networks.quantizer import MultiScaleQuantizer
+    from dissect_monai.networks.segmentation import QuantizedSkips
+
+    pretrained = DiSSECTEmbedder(spatial_dims=2, depth=10, num_codes=16, code_dims=8)
+    path = tmp_path / "model.pt"
+    torch.save(pretrained.state_dict(), path)
+    encoder = ResNetFeaturePyramid(spatial_dims=2, depth=10)
+    quantizer = MultiScaleQuantizer([encoder.out_channels[s] for s in (1, 2, 3)], num_codes=16, code_dims=8)
+    skips = QuantizedSkips(quantizer, stages=(1, 2, 3), checkpoint=str(path))
+    for k, v in pretrained.quantizer.state_dict().items():
+        assert torch.equal(skips.quantizer.state_dict()[k], v), k
+    codebook = {k: v.clone() for k, v in skips.quantizer.state_dict().items()}
+    net = FeaturePyramidUNet(spatial_dims=2, encoder=encoder, encoder_checkpoint=str(path), extra_skips=skips).train()
+    assert skips.out_channels == (0, 8, 8, 8, 0)
+    net(torch.rand(2, 1, 64, 64)).square().mean().backward()
+    assert skips.quantizer.projections[0].weight.grad is not None  # straight-through reaches the projection
+    for k, v in skips.quantizer.state_dict().items():
+        if "codebook" in k:
+            assert torch.equal(v, codebook[k]), f"{k} changed: the transfer must not EMA-update codebooks"

@@ -19,7 +19,7 @@ from torch import nn
 from dissect_monai.networks.encoders import ResNetFeaturePyramid, load_pretrained_encoder
 from dissect_monai.utils.precision import resolve_precision
 
-__all__ = ["FeaturePyramidUNet", "DecoderBlock"]
+__all__ = ["FeaturePyramidUNet", "DecoderBlock", "QuantizedSkips"]
 
 
 class DecoderBlock(nn.Module):
@@ -56,6 +56,50 @@ class DecoderBlock(nn.Module):
         if skip is not None:
             x = torch.cat([x, skip], dim=1)
         return self.convs(x)
+
+
+class QuantizedSkips(nn.Module):
+    """Quantised code maps of some encoder stages, as extra decoder skips (``FeaturePyramidUNet(extra_skips=...)``).
+
+    Each chosen stage map is projected and replaced by its nearest code (straight-through, so the projection and the
+    encoder still get gradients); the codebooks are used as pretrained and never EMA-updated here.
+
+    Args:
+        quantizer: a :class:`dissect_monai.networks.quantizer.MultiScaleQuantizer` whose scales are ``stages``.
+        stages: indices of the encoder stage maps it quantises (DiSSECT default: C2, C3, C4 = 1, 2, 3).
+        n_stages: number of encoder stage maps.
+        checkpoint: optional pretraining checkpoint (the DiSSECT bundle's ``models/model.pt``) to load the quantizer
+            from (keys found under any prefix, e.g. ``quantizer.``).
+    """
+
+    def __init__(
+        self,
+        quantizer: nn.Module,
+        stages: Sequence[int] = (1, 2, 3),
+        n_stages: int = 5,
+        checkpoint: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        code_dims = tuple(int(d) for d in quantizer.code_dims)
+        if len(code_dims) != len(stages) or any(not 0 <= s < n_stages for s in stages):
+            raise ValueError(f"stages {tuple(stages)} must be {len(code_dims)} indices in 0..{n_stages - 1}")
+        if checkpoint:
+            load_pretrained_encoder(checkpoint, quantizer)
+        self.quantizer = quantizer
+        self.stages = [int(s) for s in stages]
+        channels = [0] * n_stages
+        for stage, dim in zip(self.stages, code_dims):
+            channels[stage] = dim
+        self.out_channels: tuple[int, ...] = tuple(channels)
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """Stage maps ``(B, C_i, *S_i)`` -> ``(B, code_dim, *S_i)`` fp32 code maps at ``stages``, None elsewhere."""
+        projected = self.quantizer.project([feats[s] for s in self.stages])
+        quantised, _, _ = self.quantizer.quantize(projected, update=False)
+        out: list[torch.Tensor | None] = [None] * len(feats)
+        for stage, q in zip(self.stages, quantised):
+            out[stage] = q
+        return out
 
 
 class FeaturePyramidUNet(nn.Module):
