@@ -197,17 +197,12 @@ def folder_datalist(
     return items
 
 
-def _pseudonym(patient_id: str) -> str:
+def _pseudonym(patient_id: str, salt: str) -> str:
     """A one-way pseudonym for a DICOM PatientID (never log or store the identifier itself)."""
-    return hashlib.sha256(patient_id.encode("utf-8")).hexdigest()[:16]
+    return hashlib.sha256(f"{salt}{patient_id}".encode("utf-8")).hexdigest()[:16]
 
 
-_HEADER_TAGS = ["PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality",
-                "ImagePositionPatient", "ImageOrientationPatient", "InstanceNumber", "NumberOfFrames",
-                "SeriesNumber"]
-
-
-def dicom_datalist(root: str | os.PathLike, recursive: bool = True) -> list[dict]:
+def dicom_datalist(root: str | os.PathLike, recursive: bool = True, salt: str = "") -> list[dict]:
     """Datalist from a folder of DICOM files, grouped into studies and series by UID.
 
     A series of a volumetric modality (CT, MR, PT, NM) whose instances all carry a position becomes one
@@ -215,6 +210,11 @@ def dicom_datalist(root: str | os.PathLike, recursive: bool = True) -> list[dict
     (CR, DX, MG, single slices, multi-frame objects) are one item each. Non-DICOM files and non-image objects
     (SR, KO, PR: no ``Rows``) are ignored; unreadable or empty DICOM files are skipped with one warning naming
     them. Paths are never built from tag values.
+
+    Args:
+        root: the folder.
+        recursive: also look in sub-folders.
+        salt: secret prefix of the patient pseudonym (short numeric PatientIDs are guessable from an unsalted hash).
 
     Returns:
         Items with ``"image"``, ``"patient_id"`` (a SHA-256 pseudonym of PatientID), ``"StudyInstanceUID"``,
@@ -247,7 +247,7 @@ def dicom_datalist(root: str | os.PathLike, recursive: bool = True) -> list[dict
     for (study_uid, series_uid), members in sorted(series.items()):
         first = members[0][1]
         modality = str(first.get("Modality", ""))
-        base = {"patient_id": _pseudonym(str(first.get("PatientID", ""))), "StudyInstanceUID": study_uid,
+        base = {"patient_id": _pseudonym(str(first.get("PatientID", "")), salt), "StudyInstanceUID": study_uid,
                 "SeriesInstanceUID": series_uid, "Modality": modality}
         single_frame = all(int(ds.get("NumberOfFrames", 1) or 1) == 1 for _, ds in members)
         positioned = all("ImagePositionPatient" in ds and "ImageOrientationPatient" in ds for _, ds in members)
