@@ -96,7 +96,9 @@ class BundleRunner:
 
     @property
     def name(self) -> str:
-        return str(self.metadata.get("name") or self.bundle_dir.name)
+        """The bundle's identifier (its folder name, e.g. ``dissect_cxr_lung_segmentation``), written as the
+        algorithm name, as the bundles' own SEG writers do; metadata ``name`` is a display title."""
+        return self.bundle_dir.name
 
     @property
     def version(self) -> str:
