@@ -168,3 +168,17 @@ def test_dicom_datalist_groups_series_and_instances(data_root, tmp_path):
     loaded = LoadMedicalImaged("image", intensity="unit")
     assert loaded(ct)["image"].shape == (1, 512, 512, 20)
     assert loaded(cr)["image"].shape == (1, 1024, 1024)
+
+
+def test_csv_ids_stay_text_and_numbers_are_parsed(data_root, tmp_path):
+    image = data_root / "nih-cxr-pneumonia/images/00000061_012.png"
+    (tmp_path / "list.csv").write_text(
+        "image,patient_id,label,age,note\n"
+        f"{image},007,1,41,a\n"
+        f"{image},7,0,,b\n"
+    )
+    items = csv_datalist(tmp_path / "list.csv", label_column="label", split_column=None)
+    assert [it["patient_id"] for it in items] == ["007", "7"]  # two patients, not one
+    assert [it["label"] for it in items] == [1, 0]
+    assert items[0]["age"] == 41.0 and np.isnan(items[1]["age"])
+    assert items[0]["image"] == str(image)

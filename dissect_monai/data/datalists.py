@@ -84,7 +84,8 @@ def csv_datalist(
         splits: keep only these splits (``None``: all rows).
 
     Returns:
-        One dict per row: every CSV column (numbers parsed per column), ``"image"`` absolute,
+        One dict per row: every CSV column (numbers parsed per column, except path/patient/split columns),
+        ``"image"`` absolute,
         ``"patient_id"``, and ``"label"`` when a label or mask column is given.
     """
     csv_path = Path(csv_path)
@@ -99,7 +100,9 @@ def csv_datalist(
     missing = [c for c in required if c not in rows[0]]
     if missing:
         raise ValueError(f"{csv_path}: missing columns {missing} (has {list(rows[0])})")
-    columns = {name: _parse_column([r[name] for r in rows]) for name in rows[0]}
+    text_columns = {image_column, mask_column, patient_column, split_column}  # ids: "007" must stay "007"
+    columns = {name: [r[name] for r in rows] if name in text_columns else _parse_column([r[name] for r in rows])
+               for name in rows[0]}
     items = [{name: columns[name][i] for name in columns} for i in range(len(rows))]
     if isinstance(splits, str):
         splits = (splits,)
