@@ -218,3 +218,15 @@ def test_16_bit_and_float_rasters(data_root, tmp_path):
     np.testing.assert_allclose(raw[0].numpy(), pixels * 10.0 - 300.0)
     unit = LoadMedicalImage()(floating)
     assert unit.meta["voi_source"] == "percentile" and float(unit.min()) == 0.0 and float(unit.max()) == 1.0
+
+
+def test_ct_series_equals_monai_itk_reader(data_root):
+    """Same voxels and affine as MONAI's ITKReader (GDCM) on the real CT series."""
+    from monai.transforms import LoadImage
+
+    series = data_root / "totalseg-ct/example_ct_dicom"
+    ours = LoadMedicalImage(intensity="hu")(series)
+    itk = LoadImage(reader="ITKReader", image_only=True)(str(series))
+    assert ours.shape[1:] == itk.shape
+    np.testing.assert_allclose(ours.affine.numpy(), itk.affine.numpy(), atol=1e-4)
+    np.testing.assert_allclose(ours[0].numpy(), itk.numpy(), atol=1e-3)
