@@ -154,3 +154,13 @@ def test_views_after_cached_deterministic_part(data_root):
     second = next(iter(DataLoader(ds, batch_size=8)))
     assert first["image"].shape == first["image_2"].shape == (8, 1, 64, 64)
     assert not torch.allclose(first["image"], second["image"])  # new random views each pass
+
+
+def test_multicrop_per_global_view_settings(cxr):
+    t = MultiCropd("image", (64, 64), (32, 32), n_local=0, global_scale=(1.0, 1.0),
+                   global_views=[{"flip_prob": 0.0}, {"flip_prob": 1.0}],
+                   view={"ratio": (1.0, 1.0), "jitter_prob": 0, "gamma_prob": 0, "blur_prob": 0})
+    out = t({"image": cxr})["image_global"]
+    torch.testing.assert_close(out[1], torch.flip(out[0], dims=[2]), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="global_views has 1 entries"):
+        MultiCropd("image", (64, 64), (32, 32), global_views=[{}])

@@ -199,6 +199,9 @@ class MultiCropd(Randomizable, MapTransform):
         global_scale: area fraction range of global crops.
         local_scale: area fraction range of local crops.
         view: further :class:`RandomView` arguments shared by all crops (flip, jitter, blur, ...).
+        global_views: per global crop, arguments overriding ``view`` (DINO: the first always blurred, the
+            second rarely blurred and sometimes solarised); ``None`` = all global crops alike.
+        local_view: arguments overriding ``view`` for the local crops (DINO: blur p=0.5).
         allow_missing_keys: skip absent keys.
     """
 
@@ -212,20 +215,25 @@ class MultiCropd(Randomizable, MapTransform):
         global_scale: tuple[float, float] = (0.4, 1.0),
         local_scale: tuple[float, float] = (0.05, 0.4),
         view: Mapping | None = None,
+        global_views: Sequence[Mapping] | None = None,
+        local_view: Mapping | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         if n_global < 1 or n_local < 0:
             raise ValueError(f"need n_global >= 1 and n_local >= 0, got {n_global}, {n_local}")
+        if global_views is not None and len(global_views) != n_global:
+            raise ValueError(f"global_views has {len(global_views)} entries for n_global={n_global}")
         view = dict(view or {})
-        self.global_view = RandomView(global_size, scale=global_scale, **view)
-        self.local_view = RandomView(local_size, scale=local_scale, **view)
-        self.n_global, self.n_local = n_global, n_local
+        per_global = global_views if global_views is not None else [{}] * n_global
+        self.global_views = [RandomView(global_size, scale=global_scale, **{**view, **dict(g)}) for g in per_global]
+        self.local_view = RandomView(local_size, scale=local_scale, **{**view, **dict(local_view or {})})
+        self.n_local = n_local
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> MultiCropd:
         super().set_random_state(seed, state)
-        self.global_view.set_random_state(state=self.R)
-        self.local_view.set_random_state(state=self.R)
+        for view in (*self.global_views, self.local_view):
+            view.set_random_state(state=self.R)
         return self
 
     def randomize(self, data=None) -> None:
@@ -235,7 +243,7 @@ class MultiCropd(Randomizable, MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             image = d[key]
-            d[f"{key}_global"] = torch.stack([self.global_view(image) for _ in range(self.n_global)])
+            d[f"{key}_global"] = torch.stack([view(image) for view in self.global_views])
             if self.n_local:
                 d[f"{key}_local"] = torch.stack([self.local_view(image) for _ in range(self.n_local)])
         return d
