@@ -77,7 +77,8 @@ def discover_runs(runs_dir: Path) -> list[dict]:
             print(f"skip {run_dir.name}: no preset for method {method!r}", flush=True)
             continue
         found.append({"name": run_dir.name, "method": method, "image_size": size, "checkpoint": str(model),
-                      "epochs": record.get("epochs"), "wall_seconds": record.get("wall_seconds")})
+                      "epochs": record.get("epochs"),
+                      "wall_seconds": record.get("wall_seconds") or record.get("wall_time_s")})
     return found
 
 
