@@ -193,8 +193,14 @@ def test_torchrun_two_ranks_keep_identical_weights_and_codebooks(tmp_path, data_
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert rank0.keys() == rank1.keys()
-    for name, tensor in rank0.items():
-        assert torch.equal(tensor, rank1[name]), name
+    # BatchNorm running statistics are per rank by DDP's design (rank 0's are broadcast before every forward
+    # and are the ones saved); everything else - online and target weights, codebooks and their EMA
+    # counts/sums - must be bit-identical on both ranks
+    per_rank = (".running_mean", ".running_var", ".num_batches_tracked")
+    shared = [name for name in rank0 if not name.endswith(per_rank)]
+    assert len(shared) > 100
+    for name in shared:
+        assert torch.equal(rank0[name], rank1[name]), name
     codebooks = [k for k in rank0 if k.endswith(".codebook")]
     assert len(codebooks) == 3 and all(int(rank0[k.replace("codebook", "initialized")]) for k in codebooks)
     # 16 images, 2 ranks x batch 4 -> 2 iterations per epoch; rank 0 alone wrote the checkpoint
