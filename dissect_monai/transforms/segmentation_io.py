@@ -26,11 +26,12 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, SaveImaged
 from PIL import Image
 
-from dissect_monai.transforms.dicom_reader import is_dicom_file
+from dissect_monai.transforms.dicom_reader import is_dicom_file, sop_instance_uid
 
 __all__ = ["SaveDicomSegd", "SaveLabelMapd", "segment_names_from_channel_def", "source_instances"]
 
 logger = logging.getLogger(__name__)
+_REFERENCED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
 
 def segment_names_from_channel_def(channel_def: Mapping[str | int, str]) -> dict[int, str]:
@@ -62,7 +63,7 @@ def source_instances(filename: str | Path, sop_instance_uids: str) -> list[pydic
     for item in sorted(path.iterdir()):
         if item.is_file() and (is_dicom_file(item) or item.suffix.lower() == ".dcm"):
             ds = pydicom.dcmread(item)
-            uid = str(ds.get("SOPInstanceUID", ""))
+            uid = sop_instance_uid(ds)
             if uid in wanted:
                 found[uid] = ds
     missing = [uid for uid in wanted if uid not in found]
@@ -121,12 +122,23 @@ class SaveDicomSegd(MapTransform):
             meta = self._meta(d, key)
             if not meta:
                 continue
-            from dissect_monai.deploy import AlgorithmInfo, build_segmentation, label_map_to_frames, sanitise_uid
+            from dissect_monai.deploy import (
+                AlgorithmInfo,
+                assign_missing_uids,
+                build_segmentation,
+                label_map_to_frames,
+                sanitise_uid,
+            )
 
             pred = d[key]
             labels = np.asarray(pred.detach().cpu() if isinstance(pred, MetaTensor) else pred)
             affine = np.asarray(pred.affine) if isinstance(pred, MetaTensor) else None
             sources = source_instances(meta["filename_or_obj"], meta["SOPInstanceUID"])
+            if any(not str(ds.get(t, "")).strip() for ds in sources for t in _REFERENCED_UIDS):
+                # anonymised sources with blanked UIDs: the SEG references UIDs derived from the series folder
+                # (deterministic, the same as the PACS node assigns), since it must reference something
+                logger.warning("source instances lack Study/Series/SOP Instance UIDs; deriving them for the SEG")
+                assign_missing_uids(sources, namespace=Path(str(meta["filename_or_obj"])).name)
             frames = label_map_to_frames(labels, sources, affine=affine, space=str(meta.get("space", "RAS")))
             seg = build_segmentation(
                 sources,
