@@ -230,3 +230,13 @@ def test_ct_series_equals_monai_itk_reader(data_root):
     assert ours.shape[1:] == itk.shape
     np.testing.assert_allclose(ours.affine.numpy(), itk.affine.numpy(), atol=1e-4)
     np.testing.assert_allclose(ours[0].numpy(), itk.numpy(), atol=1e-3)
+
+
+def test_rt_dose_grid_frame_offsets_give_the_slice_positions():
+    path = get_testdata_file("rtdose.dcm")  # 15 frames located by GridFrameOffsetVector, not per-frame groups
+    ds = pydicom.dcmread(path)
+    dose = LoadMedicalImage(intensity="raw")(path)
+    assert dose.shape == (1, ds.Columns, ds.Rows, 15)
+    np.testing.assert_allclose(float(dose.pixdim[2]), float(ds.GridFrameOffsetVector[1]), rtol=1e-6)
+    lps_origin = np.asarray(ds.ImagePositionPatient, dtype=float)
+    np.testing.assert_allclose(dose.affine[:3, 3].numpy(), lps_origin * [-1, -1, 1], atol=1e-4)

@@ -246,6 +246,22 @@ def _slice_gap(projections: np.ndarray, filename, fallback: float) -> float:
     return gap
 
 
+def _frame_positions(ds: pydicom.Dataset, orientation, frames: int) -> np.ndarray | None:
+    """``(frames, 3)`` patient positions of a multi-frame instance: per-frame functional groups (enhanced
+    objects) or ``GridFrameOffsetVector`` along the normal (RT Dose); None without per-frame geometry (cine)."""
+    if orientation is None:
+        return None
+    if "PerFrameFunctionalGroupsSequence" in ds:
+        positions = [_frame_attr(ds, f, "PlanePositionSequence", "ImagePositionPatient") for f in range(frames)]
+        return None if any(p is None for p in positions) else np.asarray(positions, dtype=float)
+    offsets = ds.get("GridFrameOffsetVector")
+    if "ImagePositionPatient" in ds and offsets is not None and len(offsets) == frames:
+        normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
+        origin = np.asarray(ds.ImagePositionPatient, dtype=float)
+        return origin + np.asarray(offsets, dtype=float)[:, None] * normal
+    return None
+
+
 def _single_instance(ds: pydicom.Dataset, filename) -> RawImage:
     stored = _decode(ds, filename)
     values = _modality_values(ds, stored, filename)
@@ -262,13 +278,11 @@ def _single_instance(ds: pydicom.Dataset, filename) -> RawImage:
     if values.shape[0] == 1:
         affine = np.diag([spacing[0], spacing[1], 1.0, 1.0])
         return RawImage(values=values, affine=affine, meta=meta, **common)
-    frames = values.shape[0]
     orientation = _frame_attr(ds, 0, "PlaneOrientationSequence", "ImageOrientationPatient")
     fallback_gap = _frame_attr(ds, 0, "PixelMeasuresSequence", "SpacingBetweenSlices") or \
         _frame_attr(ds, 0, "PixelMeasuresSequence", "SliceThickness") or 1.0
-    positions = [_frame_attr(ds, f, "PlanePositionSequence", "ImagePositionPatient") for f in range(frames)]
-    if orientation is not None and all(p is not None for p in positions):
-        positions = np.asarray(positions, dtype=float)
+    positions = _frame_positions(ds, orientation, values.shape[0])
+    if positions is not None:
         normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
         order = np.argsort(positions @ normal, kind="stable")
         values, positions = values[order], positions[order]
