@@ -77,7 +77,7 @@ def discover_runs(runs_dir: Path) -> list[dict]:
             print(f"skip {run_dir.name}: no preset for method {method!r}", flush=True)
             continue
         found.append({"name": run_dir.name, "method": method, "image_size": size, "checkpoint": str(model),
-                      "epochs": record.get("epochs"),
+                      "epochs": record.get("epochs"), "budget_text": record.get("budget"),
                       "wall_seconds": record.get("wall_seconds") or record.get("wall_time_s")})
     return found
 
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             state = torch.load(run["checkpoint"], map_location="cpu", weights_only=True)
             embedder.load_state_dict(state)
         note = budget_note(run)
-        label = f"{run['name']} ({note.split(' - ')[0]})"
+        label = f"{run['name']} ({note.split(' - ')[0].replace(' (no pretraining)', '')})"
         with torch.no_grad():
             features = patch_feature_map(embedder, images)
         anchor = grid_anchor(features.shape[2:])
@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                                                  typical, palettes[name]),
                     out / f"{run['name']}_typical_{name}.png"))
         results[run["name"]] = {
-            "method": run["method"], "image_size": size, "checkpoint": run["checkpoint"], "budget": note,
+            "method": run["method"], "image_size": size, "checkpoint": run["checkpoint"],
+            "budget": note + (f" ({run['budget_text']})" if run.get("budget_text") else ""),
             "epochs": run.get("epochs"), "wall_seconds": run.get("wall_seconds"),
             "feature_grid": list(features.shape[2:]), "anchor_cell": list(anchor),
             "files": [str(f.relative_to(REPO)) if f.is_relative_to(REPO) else str(f) for f in files],
