@@ -87,9 +87,11 @@ def test_persistent_dataset_with_worker_processes(mixed_datalist, tmp_path):
     assert shapes == [(3, 1, 32, 32)] * 3
     cached = list((tmp_path / "cache").glob("*.pt"))
     assert len(cached) == 6  # only readable items are cached
+    fail_fast = RobustPersistentDataset(mixed_datalist[4:6], transforms(), cache_dir=tmp_path / "c2",
+                                        on_error="raise")
+    # the worker's error reaches the training loop as an ImageLoadError (not a RuntimeError)
     with pytest.raises(ImageLoadError, match="missing.png: file not found"):
-        list(DataLoader(RobustPersistentDataset(mixed_datalist[4:6], transforms(), cache_dir=tmp_path / "c2",
-                                                on_error="raise"), batch_size=1, num_workers=0))
+        list(DataLoader(fail_fast, batch_size=1, num_workers=1))
 
 
 def test_all_items_unreadable(tmp_path):

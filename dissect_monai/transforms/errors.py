@@ -16,18 +16,25 @@ class ImageLoadError(ValueError):
 
     Args:
         filename: the file or directory that failed.
-        problem: what is wrong with it, in words a user can act on.
+        problem: what is wrong with it, in words a user can act on. ``None``: ``filename`` is a complete message
+            (how PyTorch re-raises a DataLoader worker's error in the main process, keeping this type).
     """
 
-    def __init__(self, filename: str | PathLike | list | tuple, problem: str) -> None:
+    def __init__(self, filename: str | PathLike | list | tuple, problem: str | None = None) -> None:
+        if problem is None:
+            self.filename, self.problem = "", str(filename)
+            self._args: tuple = (str(filename),)
+            super().__init__(str(filename))
+            return
         if isinstance(filename, (list, tuple)):
             shown = f"{filename[0]} (+{len(filename) - 1} more files)" if len(filename) > 1 else str(filename[0])
         else:
             shown = str(filename)
         self.filename = shown
         self.problem = problem
+        self._args = (shown, problem)
         super().__init__(f"{shown}: {problem}")
 
     def __reduce__(self):
-        # keep the two-argument constructor across process boundaries (DataLoader workers)
-        return (type(self), (self.filename, self.problem))
+        # rebuild with the constructor's arguments across process boundaries (DataLoader workers)
+        return (type(self), self._args)
