@@ -182,3 +182,25 @@ def test_csv_ids_stay_text_and_numbers_are_parsed(data_root, tmp_path):
     assert [it["label"] for it in items] == [1, 0]
     assert items[0]["age"] == 41.0 and np.isnan(items[1]["age"])
     assert items[0]["image"] == str(image)
+
+
+def test_volume_and_dicom_datasets_load_through_datalists_and_views(data_root):
+    """The non-CSV datasets: totalseg-ct (NIfTI volumes + a DICOM series) and dicom-samples (CR files)."""
+    volumes = folder_datalist(data_root / "totalseg-ct")
+    assert {Path(it["image"]).name for it in volumes} >= {"example_ct_sm.nii.gz", "example_mr_sm.nii.gz"}
+    views_3d = load_transform_preset("byol_views_3d", spatial_size=[32, 32, 16])
+    small = [it for it in volumes if "_sm" in Path(it["image"]).name]
+    pipeline = Compose([LoadMedicalImaged("image"), EnsureTyped("image", track_meta=False), views_3d])
+    batch = next(iter(DataLoader(Dataset(small, pipeline), batch_size=len(small))))
+    assert batch["image"].shape == batch["image_2"].shape == (len(small), 1, 32, 32, 16)
+
+    series = dicom_datalist(data_root / "totalseg-ct")
+    out = Compose([LoadMedicalImaged("image"), Resized("image", (64, 64, 16)), views_3d])(series[0])
+    assert out["image"].shape == (1, 32, 32, 16) and float(out["image"].std()) > 0.01
+
+    radiographs = dicom_datalist(data_root / "dicom-samples")
+    assert len(radiographs) == 2 and {it["Modality"] for it in radiographs} == {"CR"}
+    pipeline = Compose([LoadMedicalImaged("image"), Resized("image", (96, 96), mode="area"),
+                        EnsureTyped("image", track_meta=False), load_transform_preset("byol_views_2d")])
+    batch = next(iter(DataLoader(Dataset(radiographs, pipeline), batch_size=2)))
+    assert batch["image"].shape == (2, 1, 64, 64)
