@@ -202,6 +202,6 @@ def test_torchrun_two_ranks_keep_identical_weights_and_codebooks(tmp_path, data_
     for name in shared:
         assert torch.equal(rank0[name], rank1[name]), name
     codebooks = [k for k in rank0 if k.endswith(".codebook")]
-    assert len(codebooks) == 3 and all(int(rank0[k.replace("codebook", "initialized")]) for k in codebooks)
+    assert len(codebooks) == 3 and all(bool(rank0[k[: -len("codebook")] + "initialized"]) for k in codebooks)
     # 16 images, 2 ranks x batch 4 -> 2 iterations per epoch; rank 0 alone wrote the checkpoint
     assert load_checkpoint(tmp_path / "out" / "checkpoint.pt")["iteration"] == 4
