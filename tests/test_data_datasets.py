@@ -41,7 +41,7 @@ def test_dataset_skips_counts_and_warns(mixed_datalist):
     with pytest.warns(UserWarning, match="skipping unreadable item 2 .*cut.png: cannot decode image"):
         items = [ds[i] for i in range(len(ds))]
     assert all(it["image"].shape == (1, 32, 32) for it in items)
-    assert sorted(ds.bad_items) == [2, 5, 6]
+    assert sorted(ds.bad_items) == [2, 5, 6] and ds.skipped_count == 3
     assert "file not found" in ds.bad_items[5] and "constant image" in ds.bad_items[6]
     assert "missing.png" in ds.skipped_summary()
     # an unreadable item is replaced by the next readable one
@@ -69,7 +69,7 @@ def test_non_load_errors_propagate(mixed_datalist):
 def test_cache_dataset_drops_bad_items_up_front(mixed_datalist):
     with pytest.warns(UserWarning, match="skipped 3 unreadable of 9 items"):
         ds = RobustCacheDataset(mixed_datalist, transforms(), num_workers=2)
-    assert len(ds) == 6 and sorted(ds.bad_items) == [2, 5, 6]
+    assert len(ds) == 6 and sorted(ds.bad_items) == [2, 5, 6] and ds.skipped_count == 3
     batch = next(iter(DataLoader(ds, batch_size=6, num_workers=0)))
     assert batch["image"].shape == (6, 1, 32, 32)
     with pytest.raises(ImageLoadError, match="cut.png"):
@@ -85,6 +85,7 @@ def test_persistent_dataset_with_worker_processes(mixed_datalist, tmp_path):
     loader = DataLoader(ds, batch_size=3, num_workers=2)
     shapes = [b["image"].shape for b in loader]  # no traceback mid-epoch despite 3 bad items
     assert shapes == [(3, 1, 32, 32)] * 3
+    assert ds.skipped_count == 3 and ds.bad_items == {}  # counted across the worker processes
     cached = list((tmp_path / "cache").glob("*.pt"))
     assert len(cached) == 6  # only readable items are cached
     fail_fast = RobustPersistentDataset(mixed_datalist[4:6], transforms(), cache_dir=tmp_path / "c2",

@@ -6,10 +6,11 @@ By default (``on_error="skip"``) such an item is reported once with a warning na
 recorded in ``bad_items`` and replaced by the next readable item; ``on_error="raise"`` fails fast with the
 :class:`ImageLoadError` itself. Any other exception is a bug and propagates unchanged.
 
-``RobustCacheDataset`` decodes every cached item up front, so its ``bad_items`` is complete after construction
-and unreadable items are removed from it (``len`` counts readable items only). For ``RobustDataset`` and
-``RobustPersistentDataset`` items are met lazily: with DataLoader workers, each worker process warns about the
-items it meets and the main process's ``bad_items`` only lists what it loaded itself.
+``skipped_count`` counts every unreadable item met so far, also by DataLoader worker processes (a shared-memory
+flag per item). ``RobustCacheDataset`` decodes every cached item up front, so its ``bad_items`` is complete after
+construction and unreadable items are removed from it (``len`` counts readable items only). For ``RobustDataset``
+and ``RobustPersistentDataset`` items are met lazily: each worker process warns about the items it meets, and
+``bad_items`` (the messages) lists what this process met itself.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import warnings
 from typing import Callable, Sequence
 
+import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 
 from dissect_monai.transforms.errors import ImageLoadError
@@ -48,11 +50,24 @@ class _SkipUnreadable:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         self.on_error = on_error
         self.bad_items = {}
+        self._dropped = 0
+        self._met = torch.zeros(0, dtype=torch.bool)
+
+    def _share_flags(self) -> None:
+        """One shared-memory flag per item (call once ``self.data`` is final, before workers start)."""
+        self._met = torch.zeros(len(self.data), dtype=torch.bool).share_memory_()
+
+    @property
+    def skipped_count(self) -> int:
+        """Unreadable items met so far, in this process and in DataLoader workers (plus those dropped up front)."""
+        return self._dropped + int(self._met.sum())
 
     def _report(self, index: int, error: ImageLoadError) -> None:
+        if index < len(self._met):
+            self._met[index] = True
         if index not in self.bad_items:
             self.bad_items[index] = str(error)
-            warnings.warn(f"{type(self).__name__}: skipping unreadable item {index} ({len(self.bad_items)} skipped "
+            warnings.warn(f"{type(self).__name__}: skipping unreadable item {index} ({self.skipped_count} skipped "
                           f"so far): {error}", stacklevel=4)
 
     def _transform(self, index: int):
@@ -87,6 +102,7 @@ class RobustDataset(_SkipUnreadable, Dataset):
     def __init__(self, data: Sequence, transform: Callable | None = None, on_error: str = "skip") -> None:
         self._init_robust(on_error)
         super().__init__(data=data, transform=transform)
+        self._share_flags()
 
 
 class RobustPersistentDataset(_SkipUnreadable, PersistentDataset):
@@ -104,6 +120,7 @@ class RobustPersistentDataset(_SkipUnreadable, PersistentDataset):
     def __init__(self, data: Sequence, transform: Callable, cache_dir=None, on_error: str = "skip", **kwargs) -> None:
         self._init_robust(on_error)
         super().__init__(data=data, transform=transform, cache_dir=cache_dir, **kwargs)
+        self._share_flags()
 
 
 class RobustCacheDataset(_SkipUnreadable, CacheDataset):
@@ -135,6 +152,8 @@ class RobustCacheDataset(_SkipUnreadable, CacheDataset):
         self.bad_items = {}
         super().set_data(data)
         self._drop_unreadable()
+        self._dropped = len(self._load_errors)
+        self._share_flags()
 
     def _load_cache_item(self, idx: int):
         try:
