@@ -1,4 +1,5 @@
-"""Helpers for the deploy tests: tiny real MONAI bundles, node configs, real DICOM copies, an Orthanc server.
+"""Helpers for the deploy tests: tiny real MONAI bundles, node configs, real DICOM copies (the Orthanc server
+helper is :mod:`dissect_monai.deploy.orthanc`, re-exported here).
 
 The tiny bundles are complete MONAI bundles (metadata, YAML inference config with ``network_def``,
 ``preprocessing`` through :class:`dissect_monai.transforms.LoadMedicalImaged`, ``inferer``, ``postprocessing``
@@ -9,21 +10,21 @@ the generic bundle contract the node relies on; they are not trained.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pydicom
-import requests
 import torch
 import yaml
 from monai.bundle import ConfigParser
 
+from dissect_monai.deploy.bundle_runner import untrained_copy
 from dissect_monai.deploy.dicom_io import assign_missing_uids
+from dissect_monai.deploy.orthanc import LocalOrthanc as Orthanc
+from dissect_monai.deploy.orthanc import free_port, orthanc_available, wait_for
+
+__all__ = ["Orthanc", "free_port", "orthanc_available", "wait_for", "make_tiny_bundle", "node_config_file",
+           "ct_series_copy", "project_bundle", "CR_RULES", "CT_RULES", "SIIM_CR", "CT_SERIES"]
 
 SIIM_CR = "dicom-samples/1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
 CT_SERIES = "totalseg-ct/example_ct_dicom"
@@ -134,109 +135,6 @@ def ct_series_copy(data_root: Path, target: Path) -> list[Path]:
     return paths
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):
-    """Poll ``predicate`` until it returns a truthy value; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-class Orthanc:
-    """A private Orthanc 1.10 on 127.0.0.1 with a temporary config (HTTP on loopback-only access, no auth).
-
-    Orthanc's DICOM server is enabled because the node stores its results there; Orthanc 1.10 has no bind
-    address option, so that port listens on all interfaces: it is a random free high port, and Orthanc only
-    talks DICOM with the modalities listed in its config.
-    """
-
-    BINARY = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
-
-    def __init__(self, workdir: Path, node_aet: str, node_port: int) -> None:
-        self.workdir = workdir
-        self.http_port, self.dicom_port = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.http_port}"
-        workdir.mkdir(parents=True, exist_ok=True)
-        config = {
-            "Name": "dissect-test", "StorageDirectory": str(workdir / "db"), "IndexDirectory": str(workdir / "db"),
-            "HttpPort": self.http_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-            "DicomServerEnabled": True, "DicomAet": "ORTHANC", "DicomPort": self.dicom_port,
-            "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": False, "DicomAlwaysAllowEcho": False,
-            "DicomModalities": {"node": {"AET": node_aet, "Host": "127.0.0.1", "Port": node_port,
-                                         "AllowStore": True, "AllowEcho": True}},
-            "Plugins": [], "StableAge": 1, "SaveJobs": False, "HttpTimeout": 120, "DicomScuTimeout": 60,
-        }
-        (workdir / "orthanc.json").write_text(json.dumps(config, indent=2))
-        log = open(workdir / "orthanc.log", "wb")
-        self.process = subprocess.Popen([self.BINARY, str(workdir / "orthanc.json")], stdout=log, stderr=log)
-        wait_for(self._alive, 30, what=f"Orthanc to answer on {self.url}")
-
-    def _alive(self) -> bool:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"Orthanc exited with {self.process.returncode}: see {self.workdir / 'orthanc.log'}")
-        try:
-            return requests.get(self.url + "/system", timeout=2).ok
-        except requests.RequestException:
-            return False
-
-    def set_node_port(self, port: int) -> None:
-        """Point the ``node`` modality at another port (e.g. a restarted node)."""
-        body = {"AET": "DISSECT_AI", "Host": "127.0.0.1", "Port": port, "AllowStore": True, "AllowEcho": True}
-        requests.put(f"{self.url}/modalities/node", json=body, timeout=10).raise_for_status()
-
-    def upload(self, path: Path) -> str:
-        response = requests.post(self.url + "/instances", data=Path(path).read_bytes(), timeout=60)
-        response.raise_for_status()
-        return response.json()["ID"]
-
-    def store_to_node(self, resources: list[str]) -> dict:
-        body = {"Resources": resources, "Synchronous": True}
-        response = requests.post(f"{self.url}/modalities/node/store", json=body, timeout=300)
-        response.raise_for_status()
-        return response.json()
-
-    def get(self, path: str) -> Any:
-        response = requests.get(self.url + path, timeout=60)
-        response.raise_for_status()
-        return response.json()
-
-    def study_instances(self, study_uid: str, modality: str) -> list[pydicom.Dataset]:
-        """Every instance of ``modality`` stored in the study, downloaded and parsed."""
-        found = requests.post(self.url + "/tools/lookup", data=study_uid, timeout=10).json()
-        studies = [f["ID"] for f in found if f["Type"] == "Study"]
-        datasets = []
-        for study in studies:
-            for series in self.get(f"/studies/{study}/series"):
-                if series["MainDicomTags"].get("Modality") != modality:
-                    continue
-                for instance in series["Instances"]:
-                    data = requests.get(f"{self.url}/instances/{instance}/file", timeout=60).content
-                    datasets.append(pydicom.dcmread(__import__("io").BytesIO(data)))
-        return datasets
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def orthanc_available() -> bool:
-    return os.access(Orthanc.BINARY, os.X_OK)
-
-
 REAL_BUNDLES = {
     "cxr_classification": "dissect_cxr_classification",
     "cxr_lung_segmentation": "dissect_cxr_lung_segmentation",
@@ -247,21 +145,10 @@ REAL_BUNDLES = {
 def project_bundle(repo_root: Path, kind: str, scratch: Path) -> tuple[Path, bool]:
     """The project's bundle for ``kind`` and whether its trained weights are used.
 
-    With ``models/model.pt`` present (trained by the bundle's train config) the bundle folder itself is returned.
-    Otherwise its configs are copied to ``scratch`` with a randomly initialised state dict of its own
-    ``network_def``, so the node still runs the real inference config (transforms, network class, inferer,
-    postprocessing) — only the weights are untrained.
+    With ``models/model.pt`` present (trained by the bundle's train config) the bundle folder itself is returned;
+    otherwise :func:`dissect_monai.deploy.bundle_runner.untrained_copy` (real configs, random weights).
     """
     bundle = repo_root / "bundles" / REAL_BUNDLES[kind]
     if (bundle / "models" / "model.pt").is_file():
         return bundle, True
-    copy = scratch / bundle.name
-    shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("models", "eval", "runs"), dirs_exist_ok=True)
-    (copy / "models").mkdir(exist_ok=True)
-    parser = ConfigParser()
-    parser.read_meta(str(copy / "configs" / "metadata.json"))
-    parser.read_config(str(next((copy / "configs").glob("inference.*"))))
-    parser["bundle_root"] = str(copy)
-    torch.manual_seed(0)
-    torch.save(parser.get_parsed_content("network_def").state_dict(), copy / "models" / "model.pt")
-    return copy, False
+    return untrained_copy(bundle, scratch), False

@@ -80,17 +80,21 @@ class Spool:
         name = sanitise_uid(sop_uid, "SOPInstanceUID") + ".dcm"
         partial = self.root / "tmp" / f"{uuid.uuid4().hex}.part"
         _write_durable(partial, encoded)
-        with self._lock:
+        with self._lock:  # against claim_stable_studies moving the study folder away meanwhile
             folder = self.root / "incoming" / study / series
             created = not folder.exists()
             folder.mkdir(parents=True, exist_ok=True)
             target = folder / name
             os.replace(partial, target)
-            _fsync_dir(folder)
-            if created:
-                _fsync_dir(folder.parent)
-                _fsync_dir(folder.parent.parent)
             self._last_arrival[study] = time.time()
+            # descriptors of the folders whose entries changed: they stay valid if a claim renames the study
+            descriptors = [os.open(d, os.O_RDONLY) for d in (folder, folder.parent, folder.parent.parent)]
+        try:  # made durable before the caller acknowledges, outside the lock so concurrent stores overlap
+            for fd in descriptors[: 3 if created else 1]:
+                os.fsync(fd)
+        finally:
+            for fd in descriptors:
+                os.close(fd)
         return target
 
     def incoming_count(self) -> int:
