@@ -87,10 +87,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--finetune", action="store_true", help="also fine-tune each checkpoint at each fraction")
     p.add_argument("--label", action="append", default=[], metavar="NAME=TEXT",
                    help="display label of a checkpoint row (e.g. 'dissect=DiSSECT (epoch 40, preliminary)')")
-    p.add_argument("--ft-epochs", type=float, default=20.0, help="fine-tune budget: epochs of the train subset ...")
-    p.add_argument("--ft-min-steps", type=int, default=60, help="... but at least this many steps ...")
-    p.add_argument("--ft-max-steps", type=int, default=150, help="... and at most this many (batch --ft-batch)")
-    p.add_argument("--ft-batch", type=int, default=32)
+    p.add_argument("--ft-steps", type=int, default=30, help="fine-tune budget: optimizer steps per cell")
+    p.add_argument("--ft-batch", type=int, default=16)
+    p.add_argument("--ft-evaluations", type=int, default=1,
+                   help="val AUC evaluations per fine-tune (best kept; 1 = the last step, no selection)")
+    p.add_argument("--ft-seeds", nargs="*", type=int, default=[0, 1, 2],
+                   help="seeds of fine-tuning rows (run seed by seed, so a partial run still gives whole seeds)")
     p.add_argument("--ft-lr", type=float, default=1e-3)
     p.add_argument("--ft-encoder-lr", type=float, default=None, help="encoder lr when fine-tuning a checkpoint")
     p.add_argument("--threads", type=int, default=2)
@@ -212,14 +214,9 @@ def probe_cell(features: np.ndarray, data: dict, train_idx: np.ndarray, group: s
     return cell
 
 
-def finetune_steps(n_train: int, args: argparse.Namespace) -> int:
-    steps = math.ceil(args.ft_epochs * n_train / args.ft_batch)
-    return int(min(max(steps, args.ft_min_steps), args.ft_max_steps))
-
-
 def finetune_cell(
     row: dict, data: dict, train_idx: np.ndarray, seed: int, group: str | None, args: argparse.Namespace
-) -> tuple[dict, EncoderClassifier]:
+) -> dict:
     """Fine-tune the whole network (random init, or the row's checkpoint) on ``train_idx``; best step on val AUC."""
     start = time.time()
     images = torch.as_tensor(data["images"])
@@ -230,11 +227,12 @@ def finetune_cell(
     if row.get("checkpoint"):
         load_pretrained_encoder(row["checkpoint"], encoder)
     model = prepare_module(EncoderClassifier(encoder, num_classes=1), "cpu", args.precision)
-    steps = finetune_steps(len(train_idx), args)
+    steps = args.ft_steps
     encoder_lr = args.ft_encoder_lr if row.get("checkpoint") and args.ft_encoder_lr else args.ft_lr
     result = finetune_classifier(
         model, images[train_idx].float(), y[train_idx], images[val].float(), y[val], steps=steps,
-        batch_size=args.ft_batch, lr=args.ft_lr, encoder_lr=encoder_lr, seed=seed, precision=args.precision,
+        batch_size=args.ft_batch, lr=args.ft_lr, encoder_lr=encoder_lr, evaluations=args.ft_evaluations, seed=seed,
+        precision=args.precision,
     )
     logits = extract_features(model, images[test].float(), precision=args.precision)[:, 0]
     scores = 1.0 / (1.0 + np.exp(-logits))
@@ -251,7 +249,7 @@ def finetune_cell(
     if group:
         cell[f"test_auc_by_{group}"] = roc_auc_by_group(yt, scores, data[group][test])
     cell["seconds"] = time.time() - start
-    return cell, model
+    return cell
 
 
 def frozen_extras(features: np.ndarray, data: dict, bench: str) -> dict:
@@ -291,40 +289,45 @@ class RowStore:
 
 def run_row(row: dict, args: argparse.Namespace, benchmarks: dict[str, dict]) -> None:
     store = RowStore(Path(args.work_dir), row)
-    for bench, data in benchmarks.items():
-        group = BENCHMARKS[bench]["group"]
-        result = store.bench(bench)
-        cells = result["cells"]
-        if row["mode"] == "probe":
-            features, seconds = row_features(row, bench, data, args)
+    features = {}
+    if row["mode"] == "probe":
+        for bench, data in benchmarks.items():
+            features[bench], seconds = row_features(row, bench, data, args)
+            result = store.bench(bench)
             result["feature_seconds"] = seconds
             if "knn20_acc" not in result:
-                result.update(frozen_extras(features, data, bench))
+                result.update(frozen_extras(features[bench], data, bench))
                 store.save()
-        for fraction in args.fractions:
-            for seed in args.seeds:
-                key, skey = f"{fraction:g}", str(seed)
-                if skey in cells.get(key, {}):
-                    continue
-                train_idx = fraction_indices(data, fraction, seed)
-                done = cells.get(key, {})
-                if row["mode"] == "probe" and fraction == 1 and done:
-                    # every seed trains on all of train and the probe is deterministic: reuse, don't recompute
-                    first = next(iter(done))
-                    cell = {**done[first], "seconds": 0.0, "same_as_seed": int(first)}
-                elif row["mode"] == "probe":
-                    cell = probe_cell(features, data, train_idx, group)
-                else:
-                    cell, model = finetune_cell(row, data, train_idx, seed, group, args)
-                    if fraction == 1 and seed == args.seeds[0] and "knn20_acc" not in result:
-                        feats = extract_features(model.features, torch.as_tensor(data["images"]).float(),
-                                                 precision=args.precision)
-                        result.update(frozen_extras(feats, data, bench))
-                        result["extras_from"] = f"features of the 100 % / seed {seed} fine-tuned network"
-                cells.setdefault(key, {})[skey] = cell
-                store.save()
-                print(f"[{row['name']}] {bench} {key} seed {seed}: test AUC {cell['test_auc']:.3f} "
-                      f"({cell['seconds']:.0f} s)", flush=True)
+        tasks = [(b, f, s) for b in benchmarks for f in args.fractions for s in args.seeds]
+    else:  # seed-major: an interrupted run still holds whole seeds of every benchmark and fraction
+        tasks = [(b, f, s) for s in args.ft_seeds for b in benchmarks for f in args.fractions]
+    for bench, fraction, seed in tasks:
+        data, group = benchmarks[bench], BENCHMARKS[bench]["group"]
+        cells = store.bench(bench)["cells"]
+        key, skey = f"{fraction:g}", str(seed)
+        done = cells.get(key, {})
+        if skey in done:
+            continue
+        train_idx = fraction_indices(data, fraction, seed)
+        if row["mode"] == "probe" and fraction == 1 and done:
+            # every seed trains on all of train and the probe is deterministic: reuse, don't recompute
+            first = next(iter(done))
+            cell = {**done[first], "seconds": 0.0, "same_as_seed": int(first)}
+        elif row["mode"] == "probe":
+            cell = probe_cell(features[bench], data, train_idx, group)
+        else:
+            cell = finetune_cell(row, data, train_idx, seed, group, args)
+        cells.setdefault(key, {})[skey] = cell
+        store.save()
+        print(f"[{row['name']}] {bench} {key} seed {seed}: test AUC {cell['test_auc']:.3f} "
+              f"({cell['seconds']:.0f} s)", flush=True)
+
+
+def _budget(args: argparse.Namespace, mode: str = "finetune") -> str:
+    """Fine-tune settings in a row fingerprint, so a changed budget never mixes with old cells."""
+    if mode != "finetune":
+        return ""
+    return f"-ft{args.ft_steps}x{args.ft_batch}-lr{args.ft_lr:g}-e{args.ft_evaluations}"
 
 
 def describe_rows(args: argparse.Namespace) -> list[dict]:
@@ -333,9 +336,9 @@ def describe_rows(args: argparse.Namespace) -> list[dict]:
     for name in args.rows:
         if name not in REFERENCE_ROWS:
             raise SystemExit(f"unknown reference row {name!r}; choose from {REFERENCE_ROWS}")
-        rows.append({"name": name, "label": ROW_LABELS[name], "kind": name,
-                     "mode": "finetune" if name == "supervised" else "probe",
-                     "fingerprint": f"{name}-d{args.depth}-s{args.image_size}"})
+        mode = "finetune" if name == "supervised" else "probe"
+        rows.append({"name": name, "label": ROW_LABELS[name], "kind": name, "mode": mode,
+                     "fingerprint": f"{name}-d{args.depth}-s{args.image_size}" + _budget(args, mode)})
     for spec in args.checkpoints:
         name, _, path = spec.rpartition("=")
         path = os.path.abspath(path)
@@ -346,7 +349,7 @@ def describe_rows(args: argparse.Namespace) -> list[dict]:
         base = {"kind": "checkpoint", "checkpoint": path, "label": labels.get(name, name)}
         rows.append({**base, "name": name, "mode": "probe", "fingerprint": fp})
         if args.finetune:
-            rows.append({**base, "name": f"{name}-finetune", "mode": "finetune", "fingerprint": fp,
+            rows.append({**base, "name": f"{name}-finetune", "mode": "finetune", "fingerprint": fp + _budget(args),
                          "label": labels.get(name, name) + " (fine-tuned)"})
     return rows
 
@@ -381,7 +384,7 @@ def summarise(rows: list[dict]) -> dict:
                 cells[fraction] = entry
             total = sum(e["seconds"] for e in cells.values()) + res.get("feature_seconds", 0.0)
             out[bench] = {"fractions": cells, "seconds_total": total,
-                          **{k: res[k] for k in ("knn20_acc", "view_probe_auc", "extras_from") if k in res}}
+                          **{k: res[k] for k in ("knn20_acc", "view_probe_auc") if k in res}}
         summary[row["name"]] = out
     return summary
 
@@ -390,7 +393,8 @@ def _fmt(entry: dict | None, metric: str = "test_auc") -> str:
     if not entry or metric not in entry or entry[metric]["n"] == 0:
         return "—"
     e = entry[metric]
-    return f"{e['mean']:.3f} ± {e['std']:.3f}"
+    seeds = "" if e["n"] == len(SEEDS) else f" (n={e['n']})"
+    return f"{e['mean']:.3f} ± {e['std']:.3f}{seeds}"
 
 
 def write_report(work_dir: Path, prefix: Path, args: argparse.Namespace) -> None:
@@ -408,10 +412,11 @@ def write_report(work_dir: Path, prefix: Path, args: argparse.Namespace) -> None
             "fractions": "patient-level samples of train (dissect_monai.data.sample_label_fraction), seeds 0-4",
             "knn": "k=20, cosine, majority vote, 100 % of train, test accuracy",
             "shortcut_probe": "NIH: logistic regression view AP vs PA, train 100 %, C on val, test ROC AUC",
-            "finetune_budget": {"epochs": args.ft_epochs, "min_steps": args.ft_min_steps,
-                                "max_steps": args.ft_max_steps, "batch": args.ft_batch, "lr": args.ft_lr,
+            "finetune_budget": {"steps": args.ft_steps, "batch": args.ft_batch, "lr": args.ft_lr,
+                                "seeds": args.ft_seeds,
                                 "optimizer": "AdamW wd 1e-4, cosine decay, BCE, random shifts <= 4 px",
-                                "selection": "5 evaluations on val, best val AUC (never test)"},
+                                "selection": (f"{args.ft_evaluations} evaluations on val, best val AUC (never test)"
+                                              if args.ft_evaluations > 1 else "none (last step; val AUC reported)")},
             "threads": args.threads, "precision": resolve_precision(args.precision).name,
             "test_sets": {"nih": "206 images (100 pneumonia)", "kermany": "official test, 624 (390 pneumonia)"},
         },
@@ -439,10 +444,11 @@ def markdown(report: dict, rows: list[dict], fractions: list[str]) -> str:
         f"- Probe: {p['probe']}. Fractions: {p['fractions']}. Mean ± std over seeds (at 100 % every seed uses "
         "the same train set, so a logistic-regression std is 0).",
         f"- kNN: {p['knn']}. Shortcut probe: {p['shortcut_probe']} (lower = less view information).",
-        f"- Supervised / fine-tuned rows: {p['finetune_budget']['optimizer']}, budget "
-        f"{p['finetune_budget']['epochs']:g} epochs of the subset clipped to "
-        f"[{p['finetune_budget']['min_steps']}, {p['finetune_budget']['max_steps']}] steps of batch "
-        f"{p['finetune_budget']['batch']}, lr {p['finetune_budget']['lr']:g}; {p['finetune_budget']['selection']}.",
+        f"- Supervised / fine-tuned rows: {p['finetune_budget']['optimizer']}; budget (2 CPU cores shared with the "
+        f"pretraining runs): {p['finetune_budget']['steps']} steps of batch {p['finetune_budget']['batch']} per "
+        f"cell, lr {p['finetune_budget']['lr']:g}, seeds {p['finetune_budget']['seeds']}; selection: "
+        f"{p['finetune_budget']['selection']}. This is a small budget: the row is a floor for training from "
+        "scratch, not its ceiling.",
         "- NIH test has 206 images: overall differences under ~0.03 (0.04 per view) are noise.",
         "",
     ]

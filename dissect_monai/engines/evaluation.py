@@ -408,7 +408,7 @@ class ProbabilityWriter:
         output_dir: str | Path,
         class_names: Sequence[str],
         image_key: str = "image",
-        output_transform: Callable = from_engine(["pred"], first=True),
+        output_transform: Callable = from_engine(["pred"]),
     ) -> None:
         self.output_dir = Path(output_dir)
         self.class_names = list(class_names)
