@@ -187,7 +187,8 @@ class DiSSECT(nn.Module):
             dead_code_threshold: see :class:`DiSSECTEmbedder`.
         use_quantizer: False gives BYOL.
         projection_dim: output size of projectors and predictors (256).
-        hidden_dim: hidden width of projectors and predictors (4096).
+        hidden_dim: hidden width of the continuous projector and predictor (4096).
+        discrete_hidden_dim: hidden width of the discrete projector and predictor (``None``: ``hidden_dim``).
         discrete_weight: weight of the discrete BYOL term.
         discrete_only: no continuous BYOL term (ablation "discrete path only"); needs scale 4 (c5) among
             ``scales`` or a ``fusion``, so that every encoder stage is trained.
@@ -216,6 +217,7 @@ class DiSSECT(nn.Module):
         dead_code_threshold: float = 0.1,
         projection_dim: int = 256,
         hidden_dim: int = 4096,
+        discrete_hidden_dim: int | None = None,
         discrete_weight: float = 1.0,
         discrete_only: bool = False,
         consistency_weight: float = 0.0,
@@ -270,8 +272,9 @@ class DiSSECT(nn.Module):
         quantizer = self.embedder.quantizer
         if quantizer is not None:
             self.descriptor = DiscreteDescriptor(quantizer.code_dims, feature_dim, fusion, fusion_dim, fusion_heads)
-            self.discrete_projector = MLPHead(self.descriptor.out_dim, hidden_dim, projection_dim)
-            self.discrete_predictor = MLPHead(projection_dim, hidden_dim, projection_dim)
+            discrete_hidden = hidden_dim if discrete_hidden_dim is None else discrete_hidden_dim
+            self.discrete_projector = MLPHead(self.descriptor.out_dim, discrete_hidden, projection_dim)
+            self.discrete_predictor = MLPHead(projection_dim, discrete_hidden, projection_dim)
             self.target_projections = copy.deepcopy(quantizer.projections)
             self.target_descriptor = copy.deepcopy(self.descriptor)
             self.target_discrete_projector = copy.deepcopy(self.discrete_projector)

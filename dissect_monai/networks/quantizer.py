@@ -225,7 +225,7 @@ class MultiScaleQuantizer(nn.Module):
 
         Returns:
             straight-through quantised maps ``(B, D_i, *S_i)`` (fp32), commitment loss (fp32 scalar, summed
-            over scales), code indices ``(B, *S_i)`` (int64) per scale.
+            over scales; 0 when ``projected`` carries no gradient), code indices ``(B, *S_i)`` (int64) per scale.
         """
         quantised, indices = [], []
         loss = projected[0].new_zeros((), dtype=torch.float32)
@@ -240,8 +240,11 @@ class MultiScaleQuantizer(nn.Module):
                 if update:
                     codebook.update(flat, idx)
                 e = torch.movedim(codes.view(*z.shape[:1], *z.shape[2:], z.shape[1]), -1, 1)
-                loss = loss + self.commitment_weight * F.mse_loss(z, e.detach())
-                quantised.append(z + (e - z).detach())
+                if z.requires_grad:
+                    loss = loss + self.commitment_weight * F.mse_loss(z, e.detach())
+                    quantised.append(z + (e - z).detach())
+                else:  # no gradient path (target network, inference): the loss is 0 and the output is e
+                    quantised.append(e)
                 indices.append(idx.view(z.shape[0], *z.shape[2:]))
         return quantised, loss, indices
 
