@@ -151,3 +151,18 @@ def test_bad_arguments() -> None:
         MultiScaleQuantizer([8, 8], names=["a"])
     with pytest.raises(ValueError, match="expected 1 feature maps"):
         MultiScaleQuantizer([8]).project([torch.randn(1, 8, 2, 2)] * 2)
+
+
+def test_no_gradient_path_returns_codes_and_zero_loss() -> None:
+    torch.manual_seed(0)
+    q = MultiScaleQuantizer([8], num_codes=16, code_dims=4).train()
+    feats = [torch.randn(2, 8, 6, 6)]
+    q(feats)
+    before = {k: v.clone() for k, v in q.state_dict().items()}
+    with torch.no_grad():
+        quantised, loss, indices = q.quantize(q.project(feats), update=False)
+    assert loss.item() == 0.0
+    torch.testing.assert_close(quantised[0], q.codebooks[0].codebook[indices[0]].movedim(-1, 1))
+    assert torch.equal(indices[0], q.code_indices(feats)[0])
+    for k, v in q.state_dict().items():
+        assert torch.equal(v, before[k]), f"{k} changed without update"
