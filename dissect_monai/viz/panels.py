@@ -29,6 +29,14 @@ def _upsample(grid_map: np.ndarray, size: Sequence[int]) -> np.ndarray:
     return grid_map[rows][:, cols]
 
 
+def _show_similarity(ax, similarity: np.ndarray, size: Sequence[int], title: str | None = None) -> None:
+    """A cosine-similarity map stretched over its own range (printed under it), so structure shows even
+    when all values are close (e.g. a ViT whose tokens share a large common component)."""
+    low, high = float(similarity.min()), float(similarity.max())
+    _show(ax, _upsample(similarity, size), title, cmap="magma", vmin=low, vmax=max(high, low + 1e-6))
+    ax.set_xlabel(f"cos {low:.2f} .. {high:.2f}", fontsize=6, labelpad=1)
+
+
 def _mark(ax, anchor: tuple[int, int], grid: Sequence[int], size: Sequence[int]) -> None:
     cy = (anchor[0] + 0.5) * size[0] / grid[0]
     cx = (anchor[1] + 0.5) * size[1] / grid[1]
@@ -50,7 +58,7 @@ def method_panel(
     Args:
         title: figure title (method, checkpoint, budget).
         images: ``(B, H, W)`` in [0, 1].
-        similarity: ``(B, h, w)`` cosine similarity in [-1, 1].
+        similarity: ``(B, h, w)`` cosine similarity in [-1, 1] (each map shown over its own range, printed).
         pca: ``(B, h, w, 3)`` in [0, 1].
         anchor: (row, column) of the anchor cell on the feature grid.
         attention: ``(B, heads, h', w')`` or None.
@@ -64,8 +72,7 @@ def method_panel(
     for i in range(b):
         _show(axes[i, 0], images[i], "image (+ anchor)" if i == 0 else None, cmap="gray", vmin=0, vmax=1)
         _mark(axes[i, 0], anchor, similarity.shape[1:], size)
-        _show(axes[i, 1], _upsample(similarity[i], size), "cosine to anchor" if i == 0 else None,
-              cmap="magma", vmin=-1, vmax=1)
+        _show_similarity(axes[i, 1], similarity[i], size, "cosine to anchor" if i == 0 else None)
         _mark(axes[i, 1], anchor, similarity.shape[1:], size)
         _show(axes[i, 2], _upsample(pca[i], size), "PCA (3 comps)" if i == 0 else None)
         for k in range(heads):
@@ -105,7 +112,7 @@ def comparison_panel(
         for j in range(b):
             m = maps[j]
             if kind == "similarity":
-                _show(axes[i, j], _upsample(m, size), cmap="magma", vmin=-1, vmax=1)
+                _show_similarity(axes[i, j], m, size)
             elif kind == "pca":
                 _show(axes[i, j], _upsample(m, size))
             else:
