@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from datetime import datetime, timezone
 from pathlib import Path
 
 import matplotlib
@@ -40,9 +41,21 @@ def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
     return [iterations[k] for k in sorted(iterations)], [epochs[k] for k in sorted(epochs)]
 
 
+def engine_end(log: Path) -> datetime | None:
+    """Time stamp of Ignite's last "Engine run finished/complete" line in a run's console log."""
+    end = None
+    if log.is_file():
+        for line in log.read_text(errors="replace").splitlines():
+            if "Engine run finished" in line or "Engine run complete" in line:
+                end = datetime.strptime(line[:19], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+    return end
+
+
 def summarise(run_dir: Path) -> dict:
     iterations, epochs = read_metrics(run_dir / "logs" / "metrics.jsonl")
     info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    end = engine_end(run_dir / "train.log")
+    wall = round((end - datetime.fromisoformat(info["started"])).total_seconds()) if end and "started" in info else None
     epoch_rows = []
     for e in epochs:
         row = {"epoch": e["epoch"], "iteration": e["iteration"], "epoch_time_s": round(e["epoch_time_s"], 1)}
@@ -54,8 +67,8 @@ def summarise(run_dir: Path) -> dict:
         "epochs_planned": info.get("epochs"),
         "epochs_done": len(epochs),
         "iterations_done": iterations[-1]["iteration"] if iterations else 0,
-        "finished": info.get("returncode") == 0,
-        "wall_time_s": info.get("wall_time_s"),
+        "finished": info["returncode"] == 0 if "returncode" in info else end is not None,
+        "wall_time_s": wall,  # launch (run.json) to the end of training (train.log): data caching included
         "training_time_s": round(sum(e["epoch_time_s"] for e in epochs), 1),
         "median_images_per_s": round(statistics.median(r["images_per_s"] for r in iterations), 1)
         if iterations else None,

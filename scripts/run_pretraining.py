@@ -114,8 +114,12 @@ def main() -> int:
     args = parser.parse_args()
     codes = []
     if args.parallel:
-        started = [s for s in (start(name, args) for name in args.runs) if s is not None]
-        codes = [finish(*s) for s in started]
+        running = [s for s in (start(name, args) for name in args.runs) if s is not None]
+        while running:  # record each run's end as it happens (its wall time must not wait for the others)
+            done = [s for s in running if s[0].poll() is not None]
+            codes += [finish(*s) for s in done]
+            running = [s for s in running if s not in done]
+            time.sleep(1)
     else:
         for name in args.runs:
             s = start(name, args)
