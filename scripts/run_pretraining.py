@@ -65,7 +65,7 @@ def command(name: str, out_dir: Path, args: argparse.Namespace) -> list[str]:
 
 
 def start(name: str, args: argparse.Namespace) -> tuple[subprocess.Popen, dict, Path] | None:
-    out_dir = REPO / "runs" / "pretrain" / name
+    out_dir = Path(args.runs_dir) / name
     out_dir.mkdir(parents=True, exist_ok=True)
     record_file = out_dir / "run.json"
     if (out_dir / "model.pt").is_file() and record_file.is_file():
@@ -100,7 +100,7 @@ def finish(proc: subprocess.Popen, record: dict, record_file: Path) -> int:
     return code
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", default=["dissect_64", "byol_64"], choices=sorted(RUNS))
     parser.add_argument("--epochs", type=int, required=True)
@@ -111,7 +111,8 @@ def main() -> int:
     parser.add_argument("--save_interval", type=int, default=0, help="iterations; default: one epoch")
     parser.add_argument("--dataset_dir", default=None, help="default: $DISSECT_DATA_DIR or ../shared/data")
     parser.add_argument("--parallel", action="store_true", help="run all at once (with --threads 1)")
-    args = parser.parse_args()
+    parser.add_argument("--runs_dir", type=Path, default=REPO / "runs" / "pretrain")
+    args = parser.parse_args(argv)
     codes = []
     if args.parallel:
         running = [s for s in (start(name, args) for name in args.runs) if s is not None]
