@@ -9,6 +9,7 @@ the generic bundle contract the node relies on; they are not trained.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,15 @@ import torch
 import yaml
 from monai.bundle import ConfigParser
 
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
+
 from dissect_monai.deploy.bundle_runner import untrained_copy
 from dissect_monai.deploy.dicom_io import assign_missing_uids
 from dissect_monai.deploy.orthanc import LocalOrthanc as Orthanc
 from dissect_monai.deploy.orthanc import free_port, orthanc_available, wait_for
 
 __all__ = ["Orthanc", "free_port", "orthanc_available", "wait_for", "make_tiny_bundle", "node_config_file",
-           "ct_series_copy", "project_bundle", "CR_RULES", "CT_RULES", "SIIM_CR", "CT_SERIES"]
+           "ct_series_copy", "project_bundle", "ResultStore", "CR_RULES", "CT_RULES", "SIIM_CR", "CT_SERIES"]
 
 SIIM_CR = "dicom-samples/1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
 CT_SERIES = "totalseg-ct/example_ct_dicom"
@@ -152,3 +155,25 @@ def project_bundle(repo_root: Path, kind: str, scratch: Path) -> tuple[Path, boo
     if (bundle / "models" / "model.pt").is_file():
         return bundle, True
     return untrained_copy(bundle, scratch), False
+
+
+class ResultStore:
+    """A real C-STORE SCP on 127.0.0.1 standing in for the PACS; keeps what it receives."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.received: list[pydicom.Dataset] = []
+        self.port = port or free_port()
+        ae = AE(ae_title="PACS")
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+
+    def _on_store(self, event) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        self.received.append(pydicom.dcmread(io.BytesIO(event.encoded_dataset())))
+        return 0x0000
+
+    def stop(self) -> None:
+        self.server.shutdown()

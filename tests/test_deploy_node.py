@@ -17,6 +17,7 @@ from deploy_helpers import (
     CR_RULES,
     CT_RULES,
     SIIM_CR,
+    ResultStore,
     ct_series_copy,
     free_port,
     make_tiny_bundle,
@@ -32,7 +33,7 @@ from pydicom.uid import (
     generate_uid,
 )
 from pynetdicom import _config as pynetdicom_config
-from pynetdicom import AE, AllStoragePresentationContexts, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, SecondaryCaptureImageStorage, Verification
 
 from dissect_monai.deploy.bundle_runner import BundleRunner
@@ -74,28 +75,6 @@ def _pipelines(bundles) -> list[dict]:
     ]
 
 
-class ResultStore:
-    """A real C-STORE SCP on 127.0.0.1 standing in for the PACS; keeps what it receives."""
-
-    def __init__(self, port: int | None = None) -> None:
-        self.received: list[pydicom.Dataset] = []
-        self.port = port or free_port()
-        ae = AE(ae_title="PACS")
-        for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
-
-    def _on_store(self, event) -> int:
-        ds = event.dataset
-        ds.file_meta = event.file_meta
-        self.received.append(pydicom.dcmread(io.BytesIO(event.encoded_dataset())))
-        return 0x0000
-
-    def stop(self) -> None:
-        self.server.shutdown()
-
-
 def _start_node(tmp_path: Path, bundles, runners, destination_port: int, **extra) -> InferenceNode:
     path = node_config_file(tmp_path / "node.yaml", tmp_path / "spool", _pipelines(bundles),
                             {"ae_title": "PACS", "host": "127.0.0.1", "port": destination_port}, **extra)
@@ -106,7 +85,8 @@ def _start_node(tmp_path: Path, bundles, runners, destination_port: int, **extra
 
 def _associate(port: int, calling: str = "TESTSCU", contexts=None):
     ae = AE(ae_title=calling)
-    ae.dimse_timeout = 120  # this 2-core machine is shared: a response can take far longer than the 30 s default
+    # this 2-core machine is shared: negotiation and responses can take far longer than the 30 s defaults
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 300
     for abstract, syntax in contexts or [(Verification, ImplicitVRLittleEndian)]:
         ae.add_requested_context(abstract, syntax)
     return ae.associate("127.0.0.1", port, ae_title="DISSECT_AI")
@@ -254,16 +234,20 @@ def test_concurrent_associations_every_instance_spooled(tmp_path, bundles, runne
     template = (data_root / SIIM_CR).read_bytes()
     errors: list[str] = []
     sent: list[str] = []
+    batches = []  # built before the clock starts: the senders only send
+    for _ in range(8):
+        study = generate_uid()
+        batch = [pydicom.dcmread(io.BytesIO(template)) for _ in range(50)]
+        for ds in batch:
+            ds.StudyInstanceUID, ds.SOPInstanceUID = study, generate_uid()
+        batches.append(batch)
 
     def sender(k: int) -> None:
         assoc = _associate(node.dicom_port, contexts=_cr_context())
         if not assoc.is_established:
             errors.append(f"sender {k}: association failed")
             return
-        study = generate_uid()
-        for i in range(50):
-            ds = pydicom.dcmread(io.BytesIO(template))
-            ds.StudyInstanceUID, ds.SOPInstanceUID = study, generate_uid()
+        for i, ds in enumerate(batches[k]):
             status = assoc.send_c_store(ds)
             if getattr(status, "Status", None) != 0x0000:
                 errors.append(f"sender {k} instance {i}: {status}")
@@ -340,7 +324,8 @@ def test_spool_complete_is_idempotent(tmp_path, data_root):
     (job,) = spool.claim_stable_studies(0.0)
     result = pydicom.dcmread(data_root / SIIM_CR)
     assert spool.complete(job, [result]) == 1
-    assert spool.complete(job, [result, result]) == 1  # a re-run after a crash publishes nothing new
+    assert spool.complete(job, [result, result]) == 0  # a re-run after a crash publishes nothing new
+    assert len(spool.outbox_files(job)) == 1
     assert spool.outbox_jobs() == [job] and (tmp_path / "done" / job).is_dir()
     with pytest.raises(ValueError, match="not a valid DICOM UID"):
         spool.store(b"x", "../../etc", "1.2", "1.2.3")

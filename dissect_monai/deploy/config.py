@@ -62,7 +62,11 @@ class PipelineConfig:
 
 @dataclass
 class NodeConfig:
-    """The node: DICOM listener, spool, scheduling, health endpoint, destination and pipelines."""
+    """The node: DICOM listener, spool, scheduling, health endpoint, destination and pipelines.
+
+    ``dicom_timeout_seconds`` bounds association negotiation, waiting for a DIMSE message and network silence, for
+    the listener and the sender alike (pynetdicom's 30 / 60 s defaults abort transfers on a busy host).
+    """
 
     spool_dir: Path
     pipelines: list[PipelineConfig]
@@ -75,6 +79,7 @@ class NodeConfig:
     health_host: str = "127.0.0.1"
     health_port: int = 0
     torch_threads: int = 1
+    dicom_timeout_seconds: float = 120.0
     destination: DestinationConfig = field(default_factory=DestinationConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
 

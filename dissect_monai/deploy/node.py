@@ -99,6 +99,7 @@ class InferenceNode:
         ae.add_supported_context(Verification)
         ae.require_calling_aet = list(self.config.allowed_calling_aets)
         ae.maximum_associations = 16
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.config.dicom_timeout_seconds
         self._ae = ae
         self._scp = ae.start_server(
             (self.config.host, self.config.port),
@@ -147,7 +148,6 @@ class InferenceNode:
     def _on_store(self, event) -> int:
         try:
             ds = event.dataset
-            ds.file_meta = event.file_meta
             uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
             sop_class = str(ds.get("SOPClassUID") or event.request.AffectedSOPClassUID)
             has_pixels = "PixelData" in ds
@@ -159,6 +159,7 @@ class InferenceNode:
             self.metrics.add("rejected")
             logger.warning("C-STORE refused: %s without pixel data", UID(sop_class).name)
             return _STATUS_DATASET_MISMATCH
+        started = time.perf_counter()
         try:
             self.spool.store(event.encoded_dataset(), *uids)
         except ValueError as err:
@@ -170,6 +171,9 @@ class InferenceNode:
             logger.error("C-STORE refused: spool write failed (%s)", type(err).__name__)
             return _STATUS_OUT_OF_RESOURCES
         self.metrics.add("received")
+        elapsed = time.perf_counter() - started
+        if elapsed > 5.0:
+            logger.warning("slow spool write: %.1f s for one instance (disk under load?)", elapsed)
         return _STATUS_SUCCESS
 
     # ---------------------------------------------------------------- jobs
@@ -221,8 +225,8 @@ class InferenceNode:
         files = self.spool.outbox_files(job)
         destination = self.config.destination
         try:
-            if files:
-                send_c_store(files, destination, self.config.ae_title)
+            if files:  # a retry repeats both sends; receivers keep one copy per SOP Instance UID
+                send_c_store(files, destination, self.config.ae_title, self.config.dicom_timeout_seconds)
                 if destination.stow_url:
                     send_stow_rs(files, destination.stow_url)
         except (SendError, OSError) as err:

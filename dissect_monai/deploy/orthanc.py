@@ -47,7 +47,10 @@ class LocalOrthanc:
 
     BINARY = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 
-    def __init__(self, workdir: Path, node_aet: str, node_port: int) -> None:
+    DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
+    def __init__(self, workdir: Path, node_aet: str, node_port: int, dicomweb: bool = False) -> None:
+        """Start Orthanc; with ``dicomweb`` the Debian ``orthanc-dicomweb`` plugin serves ``<url>/dicom-web``."""
         self.workdir = workdir
         self.http_port, self.dicom_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
@@ -59,7 +62,9 @@ class LocalOrthanc:
             "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": False, "DicomAlwaysAllowEcho": False,
             "DicomModalities": {"node": {"AET": node_aet, "Host": "127.0.0.1", "Port": node_port,
                                          "AllowStore": True, "AllowEcho": True}},
-            "Plugins": [], "StableAge": 1, "SaveJobs": False, "HttpTimeout": 120, "DicomScuTimeout": 60,
+            "Plugins": [self.DICOMWEB_PLUGIN] if dicomweb else [],
+            "DicomWeb": {"Enable": dicomweb, "Root": "/dicom-web/"},
+            "StableAge": 1, "SaveJobs": False, "HttpTimeout": 120, "DicomScuTimeout": 60,
         }
         (workdir / "orthanc.json").write_text(json.dumps(config, indent=2))
         self._log = open(workdir / "orthanc.log", "wb")
@@ -128,6 +133,7 @@ class LocalOrthanc:
         self._log.close()
 
 
-def orthanc_available() -> bool:
-    """Whether the Orthanc server binary is installed."""
-    return os.access(LocalOrthanc.BINARY, os.X_OK)
+def orthanc_available(dicomweb: bool = False) -> bool:
+    """Whether the Orthanc server binary (and with ``dicomweb`` its DICOMweb plugin) is installed."""
+    plugin = not dicomweb or os.path.isfile(LocalOrthanc.DICOMWEB_PLUGIN)
+    return os.access(LocalOrthanc.BINARY, os.X_OK) and plugin

@@ -20,10 +20,13 @@ class SendError(RuntimeError):
     """A delivery that did not complete; the files stay queued and are retried."""
 
 
-def send_c_store(paths: Sequence[Path], destination: DestinationConfig, calling_ae_title: str) -> None:
+def send_c_store(
+    paths: Sequence[Path], destination: DestinationConfig, calling_ae_title: str, timeout: float = 120.0
+) -> None:
     """C-STORE every file to the destination in one association; raises :class:`SendError` unless all succeed."""
     headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
     ae = AE(ae_title=calling_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     for sop_class in sorted({str(h.SOPClassUID) for h in headers}):
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)

@@ -138,14 +138,15 @@ class Spool:
     def complete(self, job: str, results: Iterable[Dataset]) -> int:
         """Publish a job's results to ``outbox/`` in one rename, then move its inputs to ``done/``.
 
-        Returns the number of result instances (0 is allowed: nothing matched the pipelines).
+        A job whose results already exist (published before a crash) publishes nothing again.
+        Returns the number of result instances published now (0 also when nothing matched the pipelines).
         """
+        count = 0
         if not self.has_results(job):
             staging = self.root / "outbox" / f".{job}.partial"
             if staging.exists():
                 shutil.rmtree(staging)
             staging.mkdir()
-            count = 0
             for count, ds in enumerate(results, start=1):
                 path = staging / f"{count:03d}.dcm"
                 ds.save_as(path, enforce_file_format=True)
@@ -155,7 +156,7 @@ class Spool:
             os.replace(staging, self.root / "outbox" / job)
             _fsync_dir(self.root / "outbox")
         self._retire(job, "done")
-        return len(list((self.root / "outbox" / job).glob("*.dcm"))) if (self.root / "outbox" / job).exists() else 0
+        return count
 
     def fail(self, job: str, reason: str) -> None:
         """Move a job's inputs to ``failed/`` with a ``reason.txt``."""
