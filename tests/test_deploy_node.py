@@ -355,3 +355,14 @@ def test_node_config_errors(tmp_path):
     config = load_node_config(path)
     assert config.pipelines[0].bundle == (tmp_path / "b").resolve() and config.host == "127.0.0.1"
     assert json.loads(json.dumps(config.allowed_calling_aets)) == ["ORTHANC", "TESTSCU"]
+
+
+def test_cli_reports_bad_config(tmp_path, capsys):
+    from dissect_monai.deploy.__main__ import main
+
+    pipelines = [{"name": "x", "bundle": "nowhere", "output": "sr"}]
+    path = node_config_file(tmp_path / "node.yaml", tmp_path / "spool", pipelines)
+    assert main(["serve", "--config", str(path)]) == 2
+    assert "nowhere: no inference config" in capsys.readouterr().err
+    assert main(["serve", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml: cannot read node config" in capsys.readouterr().err
