@@ -49,7 +49,8 @@ from dissect_monai.engines.evaluation import (
     roc_auc_by_group,
 )
 from dissect_monai.networks import ResNetFeaturePyramid, load_pretrained_encoder
-from dissect_monai.networks.classification import EncoderClassifier
+from dissect_monai.networks.classification import EncoderClassifier, QuantisedDescriptor
+from dissect_monai.networks.quantizer import MultiScaleQuantizer
 from dissect_monai.utils import prepare_module, resolve_precision
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -85,6 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results", default=str(REPO_ROOT / "results" / "representations"),
                    help="output prefix: <prefix>.json, .md, .png")
     p.add_argument("--finetune", action="store_true", help="also fine-tune each checkpoint at each fraction")
+    p.add_argument("--descriptor", action="store_true",
+                   help="also probe [encoder feature, quantised descriptor] of checkpoints with a quantizer")
     p.add_argument("--label", action="append", default=[], metavar="NAME=TEXT",
                    help="display label of a checkpoint row (e.g. 'dissect=DiSSECT (epoch 40, preliminary)')")
     p.add_argument("--ft-steps", type=int, default=30, help="fine-tune budget: optimizer steps per cell")
@@ -150,13 +153,20 @@ def fraction_indices(data: dict[str, np.ndarray], fraction: float, seed: int) ->
 
 
 # ------------------------------------------------------------------------------------------- features
-def build_encoder(depth: int, checkpoint: str | None) -> EncoderClassifier:
-    """A 1-output EncoderClassifier on a ResNetFeaturePyramid (random init with seed 0, or the checkpoint's encoder)."""
+def build_encoder(depth: int, checkpoint: str | None, descriptor: bool = False) -> EncoderClassifier:
+    """A 1-output EncoderClassifier on a ResNetFeaturePyramid (random init with seed 0, or the checkpoint's encoder).
+
+    ``descriptor``: add DiSSECT's quantised multi-scale descriptor with the pretraining bundle's default quantizer
+    (C2..C4, 512 codes x 64), loaded from the checkpoint.
+    """
     torch.manual_seed(0)
     encoder = ResNetFeaturePyramid(spatial_dims=2, in_channels=1, depth=depth)
-    if checkpoint:
-        load_pretrained_encoder(checkpoint, encoder)
-    return EncoderClassifier(encoder, num_classes=1)
+    quantised = None
+    if descriptor:
+        quantizer = MultiScaleQuantizer([encoder.out_channels[s] for s in (1, 2, 3)], num_codes=512, code_dims=64)
+        quantised = QuantisedDescriptor(quantizer, scales=(1, 2, 3))
+    model = EncoderClassifier(encoder, num_classes=1, descriptor=quantised)
+    return model.load_pretrained(checkpoint) if checkpoint else model
 
 
 def file_fingerprint(path: str) -> str:
@@ -181,7 +191,7 @@ def row_features(
     if row["kind"] == "raw":
         features = images.flatten(1).numpy()
     else:
-        model = build_encoder(args.depth, row.get("checkpoint"))
+        model = build_encoder(args.depth, row.get("checkpoint"), descriptor=row.get("descriptor", False))
         model = prepare_module(model, "cpu", args.precision).eval()
         features = extract_features(model.features, images, batch_size=128, precision=args.precision)
     seconds = time.time() - start
@@ -348,6 +358,9 @@ def describe_rows(args: argparse.Namespace) -> list[dict]:
         fp = f"ckpt-{file_fingerprint(path)}-d{args.depth}-s{args.image_size}"
         base = {"kind": "checkpoint", "checkpoint": path, "label": labels.get(name, name)}
         rows.append({**base, "name": name, "mode": "probe", "fingerprint": fp})
+        if args.descriptor:
+            rows.append({**base, "name": f"{name}-vq", "mode": "probe", "descriptor": True, "fingerprint": fp + "-vq",
+                         "label": labels.get(name, name) + " + quantised descriptor"})
         if args.finetune:
             rows.append({**base, "name": f"{name}-finetune", "mode": "finetune", "fingerprint": fp + _budget(args),
                          "label": labels.get(name, name) + " (fine-tuned)"})
@@ -400,7 +413,7 @@ def _fmt(entry: dict | None, metric: str = "test_auc") -> str:
 def write_report(work_dir: Path, prefix: Path, args: argparse.Namespace) -> None:
     rows = [json.loads(p.read_text()) for p in sorted((work_dir / "rows").glob("*.json"))]
     order = {n: i for i, n in enumerate(("raw", "random", "supervised"))}
-    rows.sort(key=lambda r: (order.get(r["name"], 9), r["name"]))
+    rows.sort(key=lambda r: (order.get(r["name"], 9), "preliminary" in r.get("label", ""), r["name"]))
     summary = summarise(rows)
     fractions = sorted({f for s in summary.values() for b in s.values() for f in b["fractions"]}, key=float)
     prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -421,7 +434,8 @@ def write_report(work_dir: Path, prefix: Path, args: argparse.Namespace) -> None
             "test_sets": {"nih": "206 images (100 pneumonia)", "kermany": "official test, 624 (390 pneumonia)"},
         },
         "medmnist_v2_pneumonia": MEDMNIST_V2,
-        "rows": {r["name"]: {k: r[k] for k in ("label", "kind", "mode", "fingerprint", "checkpoint") if k in r}
+        "rows": {r["name"]: {k: r[k] for k in ("label", "kind", "mode", "fingerprint", "checkpoint", "descriptor")
+                             if k in r}
                  for r in rows},
         "summary": summary,
         "cells": {r["name"]: r["benchmarks"] for r in rows},
@@ -482,6 +496,7 @@ def markdown(report: dict, rows: list[dict], fractions: list[str]) -> str:
             lines += [f"- {name}: AUC {ref['auc']:.3f}, accuracy {ref['acc']:.3f}"
                       for name, ref in report["medmnist_v2_pneumonia"].items()]
         lines.append("")
+    lines += comparison(s, fractions)
     lines += ["![label efficiency](representations.png)", ""]
     return "\n".join(lines)
 
@@ -492,6 +507,38 @@ def _table_head(columns: list[str]) -> str:
 
 def _table_row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
+
+
+def comparison(summary: dict, fractions: list[str], base: str = "byol") -> list[str]:
+    """DiSSECT rows minus the BYOL row (same budget): mean test AUC per benchmark and fraction, said plainly."""
+    if base not in summary:
+        return []
+    lines = []
+    for name in (n for n in summary if n.startswith("dissect") and "-ep" not in n):
+        lines += [f"## {name} vs {base} (difference of mean test ROC AUC; same backbone, data and pretraining budget)",
+                  "", _table_head(["benchmark", *(f"{float(f) * 100:g} %" for f in fractions), "view-probe AUC"])]
+        worse, within, better = [], [], []
+        for bench in BENCHMARKS:
+            a, b = summary[name].get(bench), summary[base].get(bench)
+            if not a or not b:
+                continue
+            noise = 0.03 if bench == "nih" else 0.02
+            cells = []
+            for f in fractions:
+                ea, eb = a["fractions"].get(f), b["fractions"].get(f)
+                if not ea or not eb or not ea["test_auc"]["n"] or not eb["test_auc"]["n"]:
+                    cells.append("—")
+                    continue
+                d = ea["test_auc"]["mean"] - eb["test_auc"]["mean"]
+                cells.append(f"{d:+.3f}")
+                (better if d > noise else worse if d <= 0 else within).append(f"{bench} {float(f) * 100:g} %")
+            view = (f"{a['view_probe_auc']:.3f} vs {b['view_probe_auc']:.3f}"
+                    if "view_probe_auc" in a and "view_probe_auc" in b else "—")
+            lines.append(_table_row([bench, *cells, view]))
+        lines += ["", f"**{name} does not beat {base}** (difference <= 0) at: {', '.join(worse) or 'none'}; ahead only "
+                  f"within the noise level (0.03 NIH, 0.02 Kermany) at: {', '.join(within) or 'none'}; ahead by more "
+                  f"than the noise at: {', '.join(better) or 'none'}.", ""]
+    return lines
 
 
 def plot(report: dict, rows: list[dict], fractions: list[str], path: Path) -> None:

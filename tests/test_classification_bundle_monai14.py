@@ -1,0 +1,70 @@
+"""The classification bundle on monai 1.4.0 + pytorch-ignite 0.4.11 + pydicom 2 (MONAI Label's environment):
+linear probe with the quantised descriptor on real NIH images, test evaluation per view, inference on the real
+SIIM CR DICOM, verify_net_in_out and TorchScript export. Skipped when that environment is absent
+(``bash scripts/setup_monailabel_env.sh``); slow (several bundle processes in a second interpreter)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from dissect_monai.networks.dissect import DiSSECTEmbedder
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = Path(os.environ.get("MONAILABEL_VENV", REPO / ".venv-monailabel")) / "bin" / "python"
+BUNDLE = REPO / "bundles" / "dissect_cxr_classification"
+CONFIGS = BUNDLE / "configs"
+QUARTER = ("$dissect_monai.data.sample_label_fraction(dissect_monai.data.dataset_datalist(@dataset_name, '{split}', "
+           "@dataset_dir), 0.25, seed=0)")
+
+pytestmark = [pytest.mark.monailabel, pytest.mark.slow]
+
+
+def _bundle(command: str, configs: list[str], overrides: dict, cwd: Path) -> str:
+    files = [str(CONFIGS / c) for c in configs]
+    cmd = [str(PYTHON), "-m", "monai.bundle", command, *(["network_def"] if command != "run" else []),
+           "--config_file", files[0] if len(files) == 1 else str(files), "--meta_file", str(CONFIGS / "metadata.json")]
+    if command == "run":
+        cmd += ["--logging_file", str(CONFIGS / "logging.conf")]
+    cmd += ["--bundle_root", str(BUNDLE)]
+    for key, value in overrides.items():
+        cmd += [f"--{key}", str(value)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def test_bundle_trains_evaluates_infers_and_exports_on_monai_1_4(tmp_path, data_root):
+    if not PYTHON.is_file():
+        pytest.skip(f"monai 1.4.0 environment not found at {PYTHON}")
+    version = subprocess.run([str(PYTHON), "-c", "import monai; print(monai.__version__)"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert version[0] == "1.4.0", version
+    pretrained = tmp_path / "pretrain.pt"
+    torch.save(DiSSECTEmbedder(use_quantizer=True).state_dict(), pretrained)
+    common = {"dataset_dir": data_root, "output_dir": tmp_path / "models", "log_dir": tmp_path / "runs",
+              "pretrained_checkpoint": pretrained, "use_descriptor": True, "num_threads": 1}
+    _bundle("run", ["train.yaml"], {**common, "epochs": 1, "label_fraction": 0.05,
+                                    "validate#datalist": QUARTER.format(split="val")}, tmp_path)
+    model = tmp_path / "models" / "model.pt"
+    assert model.is_file()
+    _bundle("run", ["train.yaml", "evaluate.yaml"], {**common, "eval_dir": tmp_path / "eval",
+                                                     "validate#datalist": QUARTER.format(split="test")}, tmp_path)
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(report["auc_by_view"]) == {"AP", "PA"} and 0 <= report["auc"]["pneumonia"] <= 1
+
+    _bundle("run", ["inference.yaml"], {"dataset_dir": data_root / "dicom-samples", "output_dir": tmp_path / "pred",
+                                        "ckpt_path": model, "use_descriptor": True}, tmp_path)
+    (result,) = [json.loads(p.read_text()) for p in (tmp_path / "pred").glob("*.json")]
+    assert list(result["probabilities"]) == ["pneumonia"] and 0 <= result["probabilities"]["pneumonia"] <= 1
+
+    _bundle("verify_net_in_out", ["inference.yaml"], {"use_descriptor": True}, tmp_path)
+    _bundle("ckpt_export", ["inference.yaml"], {"filepath": tmp_path / "model.ts", "ckpt_file": model,
+                                                "use_descriptor": True, "precision": "fp32"}, tmp_path)
+    assert (tmp_path / "model.ts").stat().st_size > 1_000_000
