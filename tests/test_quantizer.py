@@ -166,3 +166,12 @@ def test_no_gradient_path_returns_codes_and_zero_loss() -> None:
     assert torch.equal(indices[0], q.code_indices(feats)[0])
     for k, v in q.state_dict().items():
         assert torch.equal(v, before[k]), f"{k} changed without update"
+
+
+def test_blockwise_search_equals_full_argmax() -> None:
+    torch.manual_seed(0)
+    cb = _initialised(num_codes=64, dim=8)
+    z = F.normalize(torch.randn(1000, 8), dim=1)  # not a multiple of the block size
+    assert cb.search_block < 1000
+    assert torch.equal(cb.assign(z), (z @ cb.codebook.t()).argmax(dim=1))
+    assert cb.assign(z[:0]).shape == (0,)
