@@ -125,10 +125,6 @@ def train_and_test_ct(run_dir: Path, epochs: int, seed: int) -> dict:
     return result
 
 
-def _fmt(s: dict, digits: int = 3) -> str:
-    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
-
-
 def collect(work_dir: Path, missing: list[str]) -> dict:
     """Every finished run under ``work_dir`` (its ``result.json``), so separate invocations can fill one report."""
     lung, ct = {}, None
@@ -146,10 +142,14 @@ def write_report(results: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=2))
     out_md = out.with_suffix(".md")
-    configs = {json.dumps(r["config"], sort_keys=True) for r in results["lung"].values()}
-    if len(configs) > 1:
-        raise ValueError(f"runs under one work dir used different budgets: {sorted(configs)}")
-    cfg = json.loads(configs.pop()) if configs else {"image_size": 64, "batch_size": 16, "steps": 0, "seeds": []}
+    budget_keys = ("steps", "batch_size", "image_size", "val_every_steps")
+    budgets = {json.dumps({k: r["config"][k] for k in budget_keys}) for r in results["lung"].values()}
+    if len(budgets) > 1:
+        raise ValueError(f"runs under one work dir used different budgets: {sorted(budgets)}")
+    cfg = json.loads(budgets.pop()) if budgets else {"image_size": 64, "batch_size": 16, "steps": 0}
+    groups: dict[tuple, list[dict]] = {}
+    for r in results["lung"].values():
+        groups.setdefault((r["row"]["fraction"], r["row"]["encoder"], r["row"]["mode"]), []).append(r)
     lines = [
         "# Segmentation transfer",
         "",
@@ -159,23 +159,29 @@ def write_report(results: dict, out: Path) -> None:
         "",
         f"Budget: {cfg['image_size']} px, ResNet-18 feature-pyramid U-Net, AdamW lr 1e-3, batch {cfg['batch_size']}, "
         f"{cfg['steps']} optimiser steps per run whatever the fraction (epochs = steps / batches per epoch), "
-        f"validation Dice on the 21 frontal val images picks the checkpoint, seed(s) {cfg['seeds']}. "
+        "validation Dice on the 21 frontal val images picks the checkpoint. The label fraction is a patient-level "
+        "subset of the 138 frontal train images, drawn with the run's seed (so seeds differ in images and init). "
         "Test: the 39 frontal test images; Dice and HD95 (pixels of the 256 px image, on the original grid after "
-        "Invertd). Mean ± std over test images (single training seed unless stated). The lung-seg lateral and "
-        "CT-slice images have empty masks and are left out of every split.",
+        "Invertd). `test Dice` = mean over seeds of each run's mean over test images, ± sd over seeds (n seeds); "
+        "`image sd` = sd over test images (mean over seeds). The lung-seg lateral and CT-slice images have empty "
+        "masks and are left out of every split.",
         "",
-        "| encoder | encoder weights | train fraction | train images | steps | test Dice | test HD95 (px) | "
-        "val Dice | train time (s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| train fraction | encoder | encoder weights | seeds | train images | steps | test Dice | image sd | "
+        "test HD95 (px) | val Dice | train time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = {"random init": 0}
-    for key, r in sorted(results["lung"].items(),
-                         key=lambda kv: (kv[1]["row"]["fraction"], order.get(kv[1]["row"]["encoder"], 1),
-                                         kv[1]["row"]["encoder"], kv[1]["row"]["mode"], kv[1]["seed"])):
-        row = r["row"]
+    for (fraction, encoder, mode), runs in sorted(groups.items(),
+                                                  key=lambda kv: (kv[0][0], order.get(kv[0][1], 1), kv[0][1:])):
+        dice = np.array([r["test_dice"]["mean"] for r in runs])
+        spread = f" ± {dice.std(ddof=1):.3f}" if len(runs) > 1 else ""
         lines.append(
-            f"| {row['encoder']} | {row['mode']} | {row['fraction']:.0%} | {r['n_train_images']} | {r['steps']} | "
-            f"{_fmt(r['test_dice'])} | {_fmt(r['test_hd95'], 1)} | {r['best_val_dice']:.3f} | {r['train_seconds']} |"
+            f"| {fraction:.0%} | {encoder} | {mode} | {len(runs)} | "
+            f"{'/'.join(sorted({str(r['n_train_images']) for r in runs}))} | {runs[0]['steps']} | "
+            f"{dice.mean():.3f}{spread} | {np.mean([r['test_dice']['std'] for r in runs]):.3f} | "
+            f"{np.mean([r['test_hd95']['mean'] for r in runs]):.1f} | "
+            f"{np.mean([r['best_val_dice'] for r in runs]):.3f} | "
+            f"{np.mean([r['train_seconds'] for r in runs]):.0f} |"
         )
     missing = results.get("missing_encoders", [])
     if missing:

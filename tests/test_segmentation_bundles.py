@@ -233,3 +233,32 @@ def test_ct_label_map_remapped_to_organ_channels(data_root):
 def test_bundle_dirs_have_docs_and_license():
     for bundle in (LUNG, CT):
         assert (bundle / "LICENSE").is_file() and (bundle / "docs" / "README.md").is_file()
+
+
+def test_lung_monailabel_transforms_match_the_bundle_pipeline_transposed(data_root, tmp_path):
+    """MONAI Label reads `pre_transforms`/`post_transforms` and writes 2D masks transposed (MONAI's PILReader layout):
+    on a non-square real image, its lung probability map (after Invertd) must be the regular pipeline's, transposed."""
+    item = _lung_items(data_root, "test", 1)[0]
+    crop = tmp_path / "crop.png"
+    Image.open(item["image"]).crop((28, 0, 228, 256)).save(crop)  # 256 rows x 200 columns
+    parser = ConfigWorkflow(config_file=str(LUNG / "configs" / "inference.yaml"), workflow_type="infer",
+                            bundle_root=str(LUNG)).parser
+    torch.manual_seed(0)  # random weights: an image-dependent, non-constant map is all the layout check needs
+    net = parser.get_parsed_content("network_def").eval()
+    probabilities, masks = {}, {}
+    for pre_key, post_key in (("preprocessing", "postprocessing"), ("pre_transforms", "post_transforms")):
+        d = parser.get_parsed_content(pre_key)({"image": str(crop)})
+        with torch.no_grad():
+            d["pred"] = net(d["image"][None])[0]
+        post = [t for t in parser.get_parsed_content(post_key).transforms if not type(t).__name__.startswith("Save")]
+        for i, t in enumerate(post):
+            d = t(d)
+            if i == 1:  # Activationsd, Invertd: softmax on the input's grid
+                probabilities[pre_key] = np.asarray(d["pred"][1])
+        masks[pre_key] = np.asarray(d["pred"])
+    assert masks["preprocessing"].shape == (1, 256, 200)  # channel first, rows first (the PACS node's input)
+    assert masks["pre_transforms"].shape == (200, 256)  # squeezed, MONAI's 2D layout (MONAI Label transposes it)
+    spread = probabilities["preprocessing"].std()
+    assert spread > 1e-5, "a constant map would not test the layout"
+    np.testing.assert_allclose(probabilities["pre_transforms"].T, probabilities["preprocessing"], atol=spread / 100)
+    np.testing.assert_array_equal(masks["pre_transforms"].T, masks["preprocessing"][0])
