@@ -123,6 +123,29 @@ def test_bundle_trains_on_real_images_then_embeds_png_and_dicom(bundle, tmp_path
         assert 0 <= arrays["codes_c3"].min() and arrays["codes_c3"].max() < 64
 
 
+
+def test_bundle_skips_a_corrupt_image_and_trains_on_the_rest(bundle, tmp_path, data_root):
+    """One truncated PNG in the pool is reported and skipped at cache time; training runs on the other images."""
+    pngs = sorted((data_root / "nih-cxr-pneumonia" / "images").glob("*.png"))[:8]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(pngs[0].read_bytes()[:200])
+    datalist = [{"image": str(broken)}] + [{"image": str(p)} for p in pngs]
+    workflow = bundle.check_properties(
+        "train",
+        "train.yaml",
+        dataset_dir=str(data_root),
+        output_dir=str(tmp_path / "models"),
+        log_dir=str(tmp_path / "logs"),
+        epochs=1,
+        **{"train#datalist": datalist, **SMALL},
+    )
+    dataset = workflow.parser.get_parsed_content("train#dataset")
+    assert len(dataset) == len(pngs) and list(dataset.bad_items) == [0]
+    assert "broken.png" in str(dataset.bad_items[0])
+    workflow.run()
+    workflow.finalize()
+    assert load_checkpoint(tmp_path / "models" / "checkpoint.pt")["iteration"] == len(pngs) // SMALL["batch_size"]
+
 def _wait_for_checkpoint(proc: subprocess.Popen, path: Path, timeout: float = 300) -> int:
     start = time.time()
     while time.time() - start < timeout:
