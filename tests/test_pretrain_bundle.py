@@ -123,7 +123,6 @@ def test_bundle_trains_on_real_images_then_embeds_png_and_dicom(bundle, tmp_path
         assert 0 <= arrays["codes_c3"].min() and arrays["codes_c3"].max() < 64
 
 
-
 def test_bundle_skips_a_corrupt_image_and_trains_on_the_rest(bundle, tmp_path, data_root):
     """One truncated PNG in the pool is reported and skipped at cache time; training runs on the other images."""
     pngs = sorted((data_root / "nih-cxr-pneumonia" / "images").glob("*.png"))[:8]
@@ -145,6 +144,7 @@ def test_bundle_skips_a_corrupt_image_and_trains_on_the_rest(bundle, tmp_path, d
     workflow.run()
     workflow.finalize()
     assert load_checkpoint(tmp_path / "models" / "checkpoint.pt")["iteration"] == len(pngs) // SMALL["batch_size"]
+
 
 def _wait_for_checkpoint(proc: subprocess.Popen, path: Path, timeout: float = 300) -> int:
     start = time.time()
