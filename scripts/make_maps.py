@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", action="append", default=[], help="name=method:path/to/model.pt (repeatable)")
     ap.add_argument("--image-size", type=int, default=64, help="size of the runs given with --run")
     ap.add_argument("--images", type=int, default=4)
+    ap.add_argument("--typical-images", type=int, default=32, help="test images searched for typical code patches")
     ap.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--out", type=Path, default=REPO / "results" / "maps")
     ap.add_argument("--no-random", action="store_true", help="leave out the random-init reference rows")
@@ -145,14 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     for run in runs:
         size = run["image_size"]
         if size not in by_size:
-            by_size[size] = {"images": test_images(args.data_root, args.images, size), "rows": {}}
+            by_size[size] = {"images": test_images(args.data_root, args.images, size), "rows": {},
+                             "typical": test_images(args.data_root, args.typical_images, size)[0]}
         images, info = by_size[size]["images"]
         embedder = build_embedder(run["method"], size)
         if run["checkpoint"] is not None:
             state = torch.load(run["checkpoint"], map_location="cpu", weights_only=True)
             embedder.load_state_dict(state)
         note = budget_note(run)
-        label = f"{run['name']} ({note.split(' - ')[0].replace(' (no pretraining)', '')})"
+        label = f"{run['name']}\n({note.split(' - ')[0].replace(' (no pretraining)', '')})"
         with torch.no_grad():
             features = patch_feature_map(embedder, images)
         anchor = grid_anchor(features.shape[2:])
@@ -171,13 +173,15 @@ def main(argv: list[str] | None = None) -> int:
             files.append(panels.save(panels.code_map_panel(f"{title}: code index per scale", images[:, 0].numpy(),
                                                            codes, palettes), out / f"{run['name']}_codes.png"))
             for i, name in enumerate(embedder.scale_names):
-                typical = typical_patches(embedder, images, scale=i)
+                typical = typical_patches(embedder, by_size[size]["typical"], scale=i)
                 files.append(panels.save(
-                    panels.typical_patches_panel(f"{run['name']} scale {name}: most typical patches of frequent codes",
+                    panels.typical_patches_panel(f"{run['name']} scale {name}: most typical patches of the codes "
+                                                 f"used most on {args.typical_images} test images",
                                                  typical, palettes[name]),
                     out / f"{run['name']}_typical_{name}.png"))
         results[run["name"]] = {
-            "method": run["method"], "image_size": size, "checkpoint": run["checkpoint"],
+            "method": run["method"] if run["checkpoint"] else f"none ({run['method']} preset's encoder)",
+            "image_size": size, "checkpoint": run["checkpoint"],
             "budget": note + (f" ({run['budget_text']})" if run.get("budget_text") else ""),
             "epochs": run.get("epochs"), "wall_seconds": run.get("wall_seconds"),
             "feature_grid": list(features.shape[2:]), "anchor_cell": list(anchor),
@@ -204,12 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     record = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "runs": results,
               "images": images_used}
     (out / "maps.json").write_text(json.dumps(record, indent=2))
-    (out / "README.md").write_text(markdown(results, images_used))
+    (out / "README.md").write_text(markdown(results, images_used, args.typical_images))
     print(f"wrote {out}", flush=True)
     return 0
 
 
-def markdown(results: dict[str, dict], images: dict[int, list[dict]]) -> str:
+def markdown(results: dict[str, dict], images: dict[int, list[dict]], typical_images: int) -> str:
     lines = [
         "# Maps of the pretrained encoders",
         "",
@@ -217,7 +221,8 @@ def markdown(results: dict[str, dict], images: dict[int, list[dict]]) -> str:
         "(never seen in pretraining). Per method: `<run>.png` (image with the anchor patch, cosine similarity",
         "of every patch to it, PCA of patch features as RGB, and for ViTs the last layer's per-head attention);",
         "for DiSSECT also `<run>_codes.png` (code index per scale, one colour per code) and",
-        "`<run>_typical_<scale>.png` (each frequent code's most typical patches). Side by side:",
+        f"`<run>_typical_<scale>.png` (the codes used most on {typical_images} NIH test images, each with its",
+        "most typical patches: highest cosine similarity to the code). Side by side:",
         "`compare_similarity_<size>.png`, `compare_pca_<size>.png`, `compare_attention_<size>.png`.",
         "",
         "Features: ViT final patch tokens; ResNet the deepest stage map with a grid of at least 8x8 (C3 at",

@@ -80,7 +80,7 @@ def method_panel(
             _show(axes[i, 3 + k], images[i], f"attn head {k}" if i == 0 else None, cmap="gray", vmin=0, vmax=1)
             axes[i, 3 + k].imshow(_upsample(a / max(a.max(), 1e-12), size), cmap="inferno", alpha=0.6, vmin=0, vmax=1)
     fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     return fig
 
 
@@ -120,7 +120,7 @@ def comparison_panel(
                 axes[i, j].imshow(_upsample(m / max(m.max(), 1e-12), size), cmap="inferno", alpha=0.6, vmin=0, vmax=1)
         axes[i, 0].set_ylabel(label, fontsize=6)
     fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     return fig
 
 
@@ -139,7 +139,7 @@ def code_map_panel(
             _show(axes[i, k], _upsample(palette[name][codes[i]], size),
                   f"codes {name}: {used} used" if i == 0 else f"{used} used")
     fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     return fig
 
 
@@ -157,11 +157,11 @@ def typical_patches_panel(title: str, codes: Sequence[dict], palette: np.ndarray
             else:
                 axes[i, j + 1].axis("off")
     fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     return fig
 
 
-def save(fig: plt.Figure, path: str | Path, dpi: int = 110) -> Path:
+def save(fig: plt.Figure, path: str | Path, dpi: int = 90) -> Path:
     """Write ``fig`` as PNG (parents created) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
