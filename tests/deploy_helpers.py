@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,8 @@ from dissect_monai.deploy.orthanc import LocalOrthanc as Orthanc
 from dissect_monai.deploy.orthanc import free_port, orthanc_available, wait_for
 
 __all__ = ["Orthanc", "free_port", "orthanc_available", "wait_for", "make_tiny_bundle", "node_config_file",
-           "ct_series_copy", "project_bundle", "ResultStore", "CR_RULES", "CT_RULES", "SIIM_CR", "CT_SERIES"]
+           "ct_series_copy", "project_bundle", "ResultStore", "serve_node", "CR_RULES", "CT_RULES", "SIIM_CR",
+           "CT_SERIES"]
 
 SIIM_CR = "dicom-samples/1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
 CT_SERIES = "totalseg-ct/example_ct_dicom"
@@ -177,3 +181,13 @@ class ResultStore:
 
     def stop(self) -> None:
         self.server.shutdown()
+
+
+def serve_node(config: Path, log: Path) -> subprocess.Popen:
+    """``python -m dissect_monai.deploy serve --config`` as a child process (its own interpreter and GIL)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    with open(log, "ab") as handle:
+        return subprocess.Popen(
+            [sys.executable, "-m", "dissect_monai.deploy", "serve", "--config", str(config)],
+            stdout=handle, stderr=subprocess.STDOUT, env=env,
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import threading
 import warnings
 from pathlib import Path
@@ -18,6 +19,7 @@ from deploy_helpers import (
     CT_RULES,
     SIIM_CR,
     ResultStore,
+    serve_node,
     ct_series_copy,
     free_port,
     make_tiny_bundle,
@@ -228,13 +230,15 @@ def test_malformed_instances_rejected_or_failed_node_alive(node_and_pacs, data_r
     assert "Patient" not in caplog.text
 
 
-def test_concurrent_associations_every_instance_spooled(tmp_path, bundles, runners, data_root):
-    pacs = ResultStore()
-    node = _start_node(tmp_path, bundles, runners, pacs.port, stable_seconds=3600)
+def test_concurrent_associations_every_instance_spooled(tmp_path, bundles, data_root):
+    """8 senders x 50 instances at once into the node served by the CLI in its own process (as deployed)."""
+    path = node_config_file(tmp_path / "node.yaml", tmp_path / "spool", _pipelines(bundles), stable_seconds=3600)
+    node = serve_node(path, tmp_path / "node.log")
+    spool = tmp_path / "spool"
     template = (data_root / SIIM_CR).read_bytes()
     errors: list[str] = []
     sent: list[str] = []
-    batches = []  # built before the clock starts: the senders only send
+    batches = []  # built before sending: the senders only send
     for _ in range(8):
         study = generate_uid()
         batch = [pydicom.dcmread(io.BytesIO(template)) for _ in range(50)]
@@ -242,8 +246,8 @@ def test_concurrent_associations_every_instance_spooled(tmp_path, bundles, runne
             ds.StudyInstanceUID, ds.SOPInstanceUID = study, generate_uid()
         batches.append(batch)
 
-    def sender(k: int) -> None:
-        assoc = _associate(node.dicom_port, contexts=_cr_context())
+    def sender(k: int, port: int) -> None:
+        assoc = _associate(port, contexts=_cr_context())
         if not assoc.is_established:
             errors.append(f"sender {k}: association failed")
             return
@@ -256,21 +260,24 @@ def test_concurrent_associations_every_instance_spooled(tmp_path, bundles, runne
         assoc.release()
 
     try:
-        threads = [threading.Thread(target=sender, args=(k,)) for k in range(8)]
+        ports = json.loads(wait_for(lambda: (spool / "node.json").is_file() and (spool / "node.json").read_text(),
+                                    180, what="the node to listen"))
+        threads = [threading.Thread(target=sender, args=(k, ports["dicom_port"])) for k in range(8)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         assert not errors
-        spooled = {p.stem for p in (node.spool.root / "incoming").glob("*/*/*.dcm")}
+        spooled = {p.stem for p in (spool / "incoming").glob("*/*/*.dcm")}
         assert len(sent) == 400 and spooled == set(sent)
-        assert node.health()["received"] == 400
-        assert not list((node.spool.root / "tmp").iterdir())
-        one = next((node.spool.root / "incoming").glob("*/*/*.dcm"))
+        health = requests.get(f"http://127.0.0.1:{ports['health_port']}/health", timeout=30).json()
+        assert health["received"] == 400 and health["rejected"] == 0
+        assert not list((spool / "tmp").iterdir())
+        one = next((spool / "incoming").glob("*/*/*.dcm"))
         assert pydicom.dcmread(one).pixel_array.shape == (1024, 1024)
     finally:
-        node.stop()
-        pacs.stop()
+        node.send_signal(signal.SIGTERM)
+        node.wait(timeout=120)
 
 
 def test_results_stay_queued_until_pacs_is_up(tmp_path, bundles, runners, data_root):

@@ -3,10 +3,7 @@ node, the SR / SEG results come back into the same study in Orthanc; a SIGKILLed
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -27,6 +24,7 @@ from deploy_helpers import (
     node_config_file,
     orthanc_available,
     project_bundle,
+    serve_node,
     wait_for,
 )
 
@@ -174,20 +172,12 @@ def test_orthanc_to_node_and_back(bundle_set, tmp_path, request, data_root, ct_f
         orthanc.stop()
 
 
-def _serve(config: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "dissect_monai.deploy", "serve", "--config", str(config)],
-        stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env,
-    )
-
-
 def test_sigkill_mid_job_results_reach_orthanc_exactly_once(tmp_path, bundles, data_root, ct_files):
     node_port = free_port()
     orthanc = Orthanc(tmp_path / "orthanc", "DISSECT_AI", node_port)
     config = _node_config(tmp_path, bundles, node_port, orthanc)
     spool = tmp_path / "spool"
-    node = _serve(config, tmp_path / "node.log")
+    node = serve_node(config, tmp_path / "node.log")
     try:
         wait_for(lambda: (spool / "node.json").exists(), 120, what="the node to listen")
         cr, ct = _send_studies(orthanc, data_root, ct_files)
@@ -197,7 +187,7 @@ def test_sigkill_mid_job_results_reach_orthanc_exactly_once(tmp_path, bundles, d
         pending = [p.name for p in (spool / "processing").iterdir()] + [p.name for p in (spool / "incoming").iterdir()]
         assert pending, "the kill came after every job had finished"
         (spool / "node.json").unlink()
-        node = _serve(config, tmp_path / "node.log")
+        node = serve_node(config, tmp_path / "node.log")
         wait_for(lambda: _all_arrived(orthanc, cr, ct), 240, interval=1.0, what="results after the restart")
         wait_for(lambda: not any((spool / "processing").iterdir()) and not any((spool / "outbox").iterdir()), 60,
                  what="the spool to drain")
