@@ -180,3 +180,18 @@ def test_probability_writer_writes_every_item_of_a_batch(tmp_path):
     assert first == {"source": "case 1.png", "probabilities": {"pneumonia": 0.25}}
     assert second["probabilities"] == {"pneumonia": 0.75}
     assert [r["source"] for r in writer.results] == ["case 1.png", "case 2.png"]
+
+
+def test_classifier_accepts_a_collated_metatensor_batch():
+    """Regression: a DataLoader batch of MetaTensors with per-image affines crashed the descriptor's slicing."""
+    from monai.data import MetaTensor, list_data_collate
+
+    from dissect_monai.networks.quantizer import MultiScaleQuantizer
+
+    items = [{"image": MetaTensor(torch.rand(1, 64, 64), affine=torch.eye(4) * (i + 1))} for i in range(3)]
+    batch = list_data_collate(items)["image"]
+    descriptor = QuantisedDescriptor(MultiScaleQuantizer([64, 128, 256], num_codes=16))
+    net = EncoderClassifier(ResNetFeaturePyramid(), 1, descriptor=descriptor).eval()
+    out = net(batch)
+    assert out.shape == (3, 1) and not isinstance(out, MetaTensor)
+    torch.testing.assert_close(out, net(batch.as_tensor()))

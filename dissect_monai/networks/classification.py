@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 import torch
+from monai.data import MetaTensor
 from torch import nn
 
 from dissect_monai.networks.encoders import load_pretrained_encoder
@@ -147,7 +148,13 @@ class EncoderClassifier(nn.Module):
         return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Representation ``(B, feature_dim)`` fp32 of ``x`` ``(B, C, *spatial)``: pooled deepest map [+ descriptor]."""
+        """Representation ``(B, feature_dim)`` fp32 of ``x`` ``(B, C, *spatial)``: pooled deepest map [+ descriptor].
+
+        A collated :class:`monai.data.MetaTensor` is used as a plain tensor: the per-image meta data of a batch
+        cannot follow the slicing inside the descriptor (and is not needed for class scores).
+        """
+        if not torch.jit.is_scripting() and isinstance(x, MetaTensor):
+            x = x.as_tensor()
         if not torch.jit.is_scripting() and self.precision != "fp32":
             policy = resolve_precision(self.precision, x.device)
             if policy.bf16:
