@@ -406,6 +406,8 @@ def _fmt(entry: dict | None, metric: str = "test_auc") -> str:
     if not entry or metric not in entry or entry[metric]["n"] == 0:
         return "—"
     e = entry[metric]
+    if e["n"] == 1:
+        return f"{e['mean']:.3f} (n=1)"
     seeds = "" if e["n"] == len(SEEDS) else f" (n={e['n']})"
     return f"{e['mean']:.3f} ± {e['std']:.3f}{seeds}"
 

@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 PYTHON = Path(os.environ.get("MONAILABEL_VENV", REPO / ".venv-monailabel")) / "bin" / "python"
 BUNDLE = REPO / "bundles" / "dissect_cxr_classification"
 CONFIGS = BUNDLE / "configs"
+SIIM_DICOM = "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
 QUARTER = ("$dissect_monai.data.sample_label_fraction(dissect_monai.data.dataset_datalist(@dataset_name, '{split}', "
            "@dataset_dir), 0.25, seed=0)")
 
@@ -61,7 +62,8 @@ def test_bundle_trains_evaluates_infers_and_exports_on_monai_1_4(tmp_path, data_
 
     _bundle("run", ["inference.yaml"], {"dataset_dir": data_root / "dicom-samples", "output_dir": tmp_path / "pred",
                                         "ckpt_path": model, "use_descriptor": True}, tmp_path)
-    (result,) = [json.loads(p.read_text()) for p in (tmp_path / "pred").glob("*.json")]
+    result = json.loads((tmp_path / "pred" / (Path(SIIM_DICOM).stem + ".json")).read_text())
+    assert result["source"] == SIIM_DICOM
     assert list(result["probabilities"]) == ["pneumonia"] and 0 <= result["probabilities"]["pneumonia"] <= 1
 
     _bundle("verify_net_in_out", ["inference.yaml"], {"use_descriptor": True}, tmp_path)
