@@ -91,6 +91,13 @@ def test_architecture_mismatch_names_file_and_keys(tmp_path) -> None:
         load_pretrained_encoder(tmp_path / "r10.pt", ResNetFeaturePyramid(depth=18))
 
 
+def test_deeper_checkpoint_is_refused_not_silently_truncated(tmp_path) -> None:
+    """A ResNet-34 checkpoint holds every ResNet-18 key; its extra blocks must not be dropped in silence."""
+    torch.save({"encoder." + k: v for k, v in ResNetFeaturePyramid(depth=34).state_dict().items()}, tmp_path / "r34.pt")
+    with pytest.raises(PretrainedWeightsError, match=r"r34\.pt.*ResNet-18.*unexpected keys \(e\.g\. layer1\.2\."):
+        load_pretrained_encoder(tmp_path / "r34.pt", ResNetFeaturePyramid(depth=18))
+
+
 def test_shape_mismatch_names_shapes(tmp_path) -> None:
     torch.save(ResNetFeaturePyramid(depth=10, in_channels=3).state_dict(), tmp_path / "rgb.pt")
     with pytest.raises(PretrainedWeightsError, match=r"rgb\.pt.*conv1\.weight: checkpoint \(64, 3, 7, 7\) vs encoder "

@@ -170,8 +170,9 @@ def load_pretrained_encoder(
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        PretrainedWeightsError: the file holds no weights matching the encoder's architecture; the
-            message names the file, the architecture and the missing / mismatched keys and shapes.
+        PretrainedWeightsError: the file holds no weights matching the encoder's architecture (missing keys,
+            other shapes, or extra keys inside the encoder's submodules, as from a deeper network); the
+            message names the file, the architecture and the offending keys and shapes.
     """
     path = Path(path)
     if not path.is_file():
@@ -210,11 +211,19 @@ def load_pretrained_encoder(
         for k in wanted
         if p + k in sd and sd[p + k].shape != expected[k].shape
     ]
-    if missing or mismatched:
+    # keys under the encoder's own submodules that it lacks: a deeper network's extra blocks
+    children = {name + "." for name, _ in encoder.named_children()}
+    unexpected = [
+        k[len(p):] for k in sd
+        if k.startswith(p) and k[len(p):] not in expected and any(k[len(p):].startswith(c) for c in children)
+    ]
+    if missing or mismatched or unexpected:
         location = f"{where} " if where else ""
         details = []
         if missing:
             details.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:5])})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:5])})")
         if mismatched:
             details.append(f"{len(mismatched)} shape mismatches ({'; '.join(mismatched[:5])})")
         raise PretrainedWeightsError(
