@@ -44,6 +44,7 @@ from dissect_monai.engines.evaluation import (
     extract_features,
     finetune_classifier,
     fit_logistic_probe,
+    json_safe,
     knn_accuracy,
     roc_auc,
     roc_auc_by_group,
@@ -293,7 +294,7 @@ class RowStore:
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(_json_safe(self.data), indent=1))
+        tmp.write_text(json.dumps(json_safe(self.data), indent=1))
         os.replace(tmp, self.path)
 
 
@@ -442,7 +443,7 @@ def write_report(work_dir: Path, prefix: Path, args: argparse.Namespace) -> None
         "summary": summary,
         "cells": {r["name"]: r["benchmarks"] for r in rows},
     }
-    prefix.with_suffix(".json").write_text(json.dumps(_json_safe(report), indent=1))
+    prefix.with_suffix(".json").write_text(json.dumps(json_safe(report), indent=1))
     prefix.with_suffix(".md").write_text(markdown(report, rows, fractions))
     plot(report, rows, fractions, prefix.with_suffix(".png"))
 
@@ -570,18 +571,6 @@ def plot(report: dict, rows: list[dict], fractions: list[str], path: Path) -> No
     fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def _json_safe(obj):
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return None if not math.isfinite(float(obj)) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,7 @@ __all__ = [
     "extract_features",
     "finetune_classifier",
     "fit_logistic_probe",
+    "json_safe",
     "knn_accuracy",
     "plot_roc_curves",
     "roc_auc",
@@ -384,7 +385,7 @@ class ClassificationReport:
         self.report = self.compute(preds, labels, self._groups if self.group_key is not None else None)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         with open(self.output_dir / f"{self.prefix}metrics.json", "w", encoding="utf-8") as f:
-            json.dump(_json_safe(self.report), f, indent=2)
+            json.dump(json_safe(self.report), f, indent=2)
         plot_roc_curves(labels, preds, self.class_names, self.output_dir / f"{self.prefix}roc.png", title="test ROC")
 
 
@@ -444,12 +445,12 @@ def _source_name(image: Any) -> str:
     return Path(str(name)).name if name else ""
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """NaN/inf -> None and numpy scalars -> Python, recursively, for strict JSON."""
     if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, (float, np.floating)):
         return None if not math.isfinite(float(obj)) else float(obj)
     if isinstance(obj, np.integer):
