@@ -3,7 +3,6 @@ random init of their own network_def; see deploy_helpers.project_bundle), on a r
 
 from __future__ import annotations
 
-import warnings
 
 import highdicom as hd
 import numpy as np
@@ -18,11 +17,7 @@ from dissect_monai.deploy.jobs import JobError, StudyProcessor, label_map_from_p
 from dissect_monai.deploy.sr_writer import read_classification_sr
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        yield
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 @pytest.fixture(scope="module")

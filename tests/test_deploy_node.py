@@ -7,7 +7,6 @@ import io
 import json
 import signal
 import threading
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -50,11 +49,7 @@ from dissect_monai.deploy.sr_writer import read_classification_sr
 # node's handling of the generic bundle contract, not model quality.
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        yield
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 @pytest.fixture(scope="module")

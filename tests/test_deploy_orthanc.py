@@ -35,6 +35,7 @@ from dissect_monai.deploy.seg_writer import label_map_to_frames
 from dissect_monai.deploy.sr_writer import read_classification_sr
 
 pytestmark = [
+    pytest.mark.filterwarnings("ignore::UserWarning"),
     pytest.mark.orthanc,
     pytest.mark.skipif(not orthanc_available(), reason="no Orthanc binary: install the Debian package `orthanc`"),
 ]
@@ -43,13 +44,6 @@ pytestmark = [
 # bundles/*/models/model.pt exist, else a random init of their own network_def: see project_bundle). The SIGKILL
 # test is about the node's state, not the models: it uses tiny bundles (make_tiny_bundle) to stay fast.
 KINDS = ("cxr_classification", "cxr_lung_segmentation", "ct_segmentation")
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        yield
 
 
 @pytest.fixture(scope="module")
