@@ -211,11 +211,13 @@ def load_pretrained_encoder(
         for k in wanted
         if p + k in sd and sd[p + k].shape != expected[k].shape
     ]
-    # keys under the encoder's own submodules that it lacks: a deeper network's extra blocks
+    # keys the encoder lacks under its prefix: a deeper network's extra blocks, or modules another architecture
+    # adds to its encoder (e.g. MLVICX's context bottlenecks). Without a prefix, the checkpoint's top level may hold
+    # other networks too, so only keys under the encoder's own submodules count.
     children = {name + "." for name, _ in encoder.named_children()}
     unexpected = [
         k[len(p):] for k in sd
-        if k.startswith(p) and k[len(p):] not in expected and any(k[len(p):].startswith(c) for c in children)
+        if k.startswith(p) and k[len(p):] not in expected and (p or any(k.startswith(c) for c in children))
     ]
     if missing or mismatched or unexpected:
         location = f"{where} " if where else ""
