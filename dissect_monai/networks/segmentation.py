@@ -19,7 +19,10 @@ from torch import nn
 from dissect_monai.networks.encoders import ResNetFeaturePyramid, load_pretrained_encoder
 from dissect_monai.utils.precision import resolve_precision
 
-__all__ = ["FeaturePyramidUNet", "DecoderBlock", "QuantizedSkips"]
+__all__ = ["DEFAULT_DECODER_CHANNELS", "FeaturePyramidUNet", "DecoderBlock", "QuantizedSkips"]
+
+#: decoder channels per stage, coarsest first, for encoders of up to five stage maps
+DEFAULT_DECODER_CHANNELS: tuple[int, ...] = (256, 128, 64, 32, 16)
 
 
 class DecoderBlock(nn.Module):
@@ -119,8 +122,9 @@ class FeaturePyramidUNet(nn.Module):
             :func:`dissect_monai.networks.load_pretrained_encoder` (None or "": random init).
         freeze_encoder: keep the encoder's weights and normalisation statistics fixed (no gradients,
             eval-mode norm layers whatever the net's mode).
-        decoder_channels: channels of the decoder stages, coarsest first; one more entry than skips used
-            (the last stage works at the input resolution).
+        decoder_channels: channels of the decoder stages, coarsest first; one entry per encoder stage map (the
+            last stage works at the input resolution). Default: the first ``len(encoder.out_channels)`` of
+            ``DEFAULT_DECODER_CHANNELS`` (all five for a ResNet pyramid, three for a three-depth ViT token pyramid).
         extra_skips: optional module mapping the stage maps to a list of extra skip maps (None where a stage
             has none), with ``out_channels`` (0 where none); e.g. quantised code maps. Its output at stage
             ``i`` must have the spatial size of stage map ``i``.
@@ -139,7 +143,7 @@ class FeaturePyramidUNet(nn.Module):
         encoder: nn.Module | None = None,
         encoder_checkpoint: str | Path | None = None,
         freeze_encoder: bool = False,
-        decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+        decoder_channels: Sequence[int] | None = None,
         extra_skips: nn.Module | None = None,
         norm: str | tuple = "batch",
         precision: str = "fp32",
@@ -153,6 +157,8 @@ class FeaturePyramidUNet(nn.Module):
             load_pretrained_encoder(encoder_checkpoint, encoder)
         self.encoder = encoder
         enc_channels = tuple(int(c) for c in encoder.out_channels)
+        if decoder_channels is None:
+            decoder_channels = DEFAULT_DECODER_CHANNELS[: len(enc_channels)]
         if len(decoder_channels) != len(enc_channels):
             raise ValueError(
                 f"decoder_channels needs {len(enc_channels)} entries (one per encoder stage), got {decoder_channels}"
