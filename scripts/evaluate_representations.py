@@ -4,6 +4,10 @@
 For every row (raw pixels, a frozen random-init ResNet-18, supervised-from-scratch, and each
 ``CHECKPOINT`` given) and each benchmark:
 
+* the encoder of a checkpoint row is the one its SSL method pretrains, built from the pretraining bundle and the
+  method preset (``--method NAME=METHOD``; by default the preset named like the row, else ``byol``'s plain
+  ResNet-18 pyramid): ResNet-18, MLVICX's pyramid with context bottlenecks, or a ViT;
+
 * frozen features of train / val / test (cached in ``runs/representations/features``);
 * logistic regression (standardised features, C picked on the val split's ROC AUC) trained on 1 / 5 / 10 /
   100 % of train, sampled by patient, 5 seeds -> test ROC AUC (and per view on NIH, accuracy on Kermany);
@@ -22,6 +26,7 @@ Usage::
 
     python scripts/evaluate_representations.py                       # reference rows only
     python scripts/evaluate_representations.py dissect=runs/pretrain/dissect/models/model.pt byol=...
+    python scripts/evaluate_representations.py mae-run=runs/compare/mae_64px_1ep/model.pt --method mae-run=mae
     python scripts/evaluate_representations.py --rows raw random --report-only
 """
 
@@ -49,8 +54,8 @@ from dissect_monai.engines.evaluation import (
     roc_auc,
     roc_auc_by_group,
 )
-from dissect_monai.networks import ResNetFeaturePyramid, load_pretrained_encoder
 from dissect_monai.networks.classification import EncoderClassifier, QuantisedDescriptor
+from dissect_monai.networks.presets import build_method_embedder, method_encoder, method_names
 from dissect_monai.networks.quantizer import MultiScaleQuantizer
 from dissect_monai.utils import prepare_module, resolve_precision
 
@@ -81,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fractions", nargs="*", type=float, default=list(LABEL_FRACTIONS))
     p.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
     p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--depth", type=int, default=18)
+    p.add_argument("--depth", type=int, default=18, help="ResNet depth of the ResNet methods' encoders")
     p.add_argument("--data-root", default=None, help="folder with the datasets (default ../shared/data)")
     p.add_argument("--work-dir", default=str(REPO_ROOT / "runs" / "representations"))
     p.add_argument("--results", default=str(REPO_ROOT / "results" / "representations"),
@@ -89,6 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--finetune", action="store_true", help="also fine-tune each checkpoint at each fraction")
     p.add_argument("--descriptor", action="store_true",
                    help="also probe [encoder feature, quantised descriptor] of checkpoints with a quantizer")
+    p.add_argument("--method", action="append", default=[], metavar="NAME=METHOD",
+                   help="method preset (configs/methods) whose encoder a checkpoint row holds; default: the preset "
+                        "named like the row if there is one, else byol (plain ResNet-18 pyramid)")
     p.add_argument("--label", action="append", default=[], metavar="NAME=TEXT",
                    help="display label of a checkpoint row (e.g. 'dissect=DiSSECT (epoch 40, preliminary)')")
     p.add_argument("--ft-steps", type=int, default=30, help="fine-tune budget: optimizer steps per cell")
@@ -154,20 +162,19 @@ def fraction_indices(data: dict[str, np.ndarray], fraction: float, seed: int) ->
 
 
 # ------------------------------------------------------------------------------------------- features
-def build_encoder(depth: int, checkpoint: str | None, descriptor: bool = False) -> EncoderClassifier:
-    """A 1-output EncoderClassifier on a ResNetFeaturePyramid (random init with seed 0, or the checkpoint's encoder).
+def row_encoder(row: dict, args: argparse.Namespace, seed: int = 0) -> torch.nn.Module:
+    """The row's method encoder as a feature pyramid (random init drawn with ``seed``, or the checkpoint's weights)."""
+    torch.manual_seed(seed)
+    return method_encoder(row["method"], args.image_size, row.get("checkpoint"), overrides={"depth": args.depth})
 
-    ``descriptor``: add DiSSECT's quantised multi-scale descriptor with the pretraining bundle's default quantizer
-    (C2..C4, 512 codes x 64), loaded from the checkpoint.
-    """
-    torch.manual_seed(0)
-    encoder = ResNetFeaturePyramid(spatial_dims=2, in_channels=1, depth=depth)
-    quantised = None
-    if descriptor:
-        quantizer = MultiScaleQuantizer([encoder.out_channels[s] for s in (1, 2, 3)], num_codes=512, code_dims=64)
-        quantised = QuantisedDescriptor(quantizer, scales=(1, 2, 3))
-    model = EncoderClassifier(encoder, num_classes=1, descriptor=quantised)
-    return model.load_pretrained(checkpoint) if checkpoint else model
+
+def descriptor_classifier(row: dict, args: argparse.Namespace) -> EncoderClassifier:
+    """A 1-output EncoderClassifier on the row's encoder + DiSSECT's quantised multi-scale descriptor (the
+    pretraining bundle's default quantizer, C2..C4, 512 codes x 64), both loaded from the row's checkpoint."""
+    encoder = row_encoder(row, args)
+    quantizer = MultiScaleQuantizer([encoder.out_channels[s] for s in (1, 2, 3)], num_codes=512, code_dims=64)
+    model = EncoderClassifier(encoder, num_classes=1, descriptor=QuantisedDescriptor(quantizer, scales=(1, 2, 3)))
+    return model.load_pretrained(row["checkpoint"])
 
 
 def file_fingerprint(path: str) -> str:
@@ -191,10 +198,15 @@ def row_features(
     images = torch.as_tensor(data["images"]).float()
     if row["kind"] == "raw":
         features = images.flatten(1).numpy()
-    else:
-        model = build_encoder(args.depth, row.get("checkpoint"), descriptor=row.get("descriptor", False))
-        model = prepare_module(model, "cpu", args.precision).eval()
+    elif row.get("descriptor"):
+        model = prepare_module(descriptor_classifier(row, args), "cpu", args.precision).eval()
         features = extract_features(model.features, images, batch_size=128, precision=args.precision)
+    else:  # the embedding the pretraining bundle ships: pooled deepest map, or the ViT's class / mean token
+        torch.manual_seed(0)
+        embedder = build_method_embedder(row["method"], args.image_size, row.get("checkpoint"), {"depth": args.depth})
+        embedder = prepare_module(embedder, "cpu", args.precision).eval()
+        with torch.no_grad():
+            features = extract_features(embedder, images, batch_size=128, precision=args.precision)
     seconds = time.time() - start
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp.npz")
@@ -233,10 +245,7 @@ def finetune_cell(
     images = torch.as_tensor(data["images"])
     y = torch.as_tensor(data["label"]).float()[:, None]
     val, test = split_indices(data, "val"), split_indices(data, "test")
-    torch.manual_seed(seed)
-    encoder = ResNetFeaturePyramid(spatial_dims=2, in_channels=1, depth=args.depth)
-    if row.get("checkpoint"):
-        load_pretrained_encoder(row["checkpoint"], encoder)
+    encoder = row_encoder(row, args, seed)
     model = prepare_module(EncoderClassifier(encoder, num_classes=1), "cpu", args.precision)
     steps = args.ft_steps
     encoder_lr = args.ft_encoder_lr if row.get("checkpoint") and args.ft_encoder_lr else args.ft_lr
@@ -343,12 +352,17 @@ def _budget(args: argparse.Namespace, mode: str = "finetune") -> str:
 
 def describe_rows(args: argparse.Namespace) -> list[dict]:
     labels = dict(item.split("=", 1) for item in args.label)
+    methods = dict(item.split("=", 1) for item in args.method)
+    presets = method_names()
+    unknown = sorted(set(methods.values()) - set(presets))
+    if unknown:
+        raise SystemExit(f"unknown method preset(s) {unknown}; choose from {presets}")
     rows = []
     for name in args.rows:
         if name not in REFERENCE_ROWS:
             raise SystemExit(f"unknown reference row {name!r}; choose from {REFERENCE_ROWS}")
         mode = "finetune" if name == "supervised" else "probe"
-        rows.append({"name": name, "label": ROW_LABELS[name], "kind": name, "mode": mode,
+        rows.append({"name": name, "label": ROW_LABELS[name], "kind": name, "mode": mode, "method": "byol",
                      "fingerprint": f"{name}-d{args.depth}-s{args.image_size}" + _budget(args, mode)})
     for spec in args.checkpoints:
         name, _, path = spec.rpartition("=")
@@ -356,8 +370,9 @@ def describe_rows(args: argparse.Namespace) -> list[dict]:
         if not os.path.isfile(path):
             raise SystemExit(f"checkpoint not found: {path}")
         name = name or Path(path).parent.parent.name or Path(path).stem
-        fp = f"ckpt-{file_fingerprint(path)}-d{args.depth}-s{args.image_size}"
-        base = {"kind": "checkpoint", "checkpoint": path, "label": labels.get(name, name)}
+        method = methods.get(name, name if name in presets else "byol")
+        fp = f"ckpt-{file_fingerprint(path)}-m{method}-d{args.depth}-s{args.image_size}"
+        base = {"kind": "checkpoint", "checkpoint": path, "method": method, "label": labels.get(name, name)}
         rows.append({**base, "name": name, "mode": "probe", "fingerprint": fp})
         if args.descriptor:
             rows.append({**base, "name": f"{name}-vq", "mode": "probe", "descriptor": True, "fingerprint": fp + "-vq",

@@ -195,3 +195,23 @@ def test_classifier_accepts_a_collated_metatensor_batch():
     out = net(batch)
     assert out.shape == (3, 1) and not isinstance(out, MetaTensor)
     torch.testing.assert_close(out, net(batch.as_tensor()))
+
+
+def test_benchmark_script_evaluates_a_vit_method_checkpoint_with_its_own_encoder(tmp_path, data_root):
+    from dissect_monai.networks.presets import build_method_embedder
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "mae.pt"
+    torch.save(build_method_embedder("mae", 32).state_dict(), checkpoint)
+    script = _script()
+    args = [f"vit-run={checkpoint}", "--method", "vit-run=mae", "--rows", "--benchmarks", "nih", "--fractions", "1",
+            "--seeds", "0", "--image-size", "32", "--data-root", str(data_root), "--work-dir", str(tmp_path / "work"),
+            "--results", str(tmp_path / "out" / "representations")]
+    assert script.main(args) == 0
+    row = json.loads((tmp_path / "work" / "rows" / "vit-run.json").read_text())
+    assert row["method"] == "mae" and "-mmae-" in row["fingerprint"]
+    assert 0 <= row["benchmarks"]["nih"]["cells"]["1"]["0"]["test_auc"] <= 1
+    with np.load(tmp_path / "work" / "features" / "vit-run_nih_32.npz") as cached:
+        assert cached["features"].shape[1] == 192  # the ViT's class token, not a ResNet's 512 pooled channels
+    with pytest.raises(SystemExit, match="unknown method preset"):
+        script.main([f"x={checkpoint}", "--method", "x=simclr", "--rows"])
