@@ -5,7 +5,11 @@ Every run goes through the bundles themselves (``ConfigWorkflow`` on ``train.yam
 whose ``result.json`` exists is reused, so the script resumes where it stopped and rows can be added later (e.g.
 when a pretraining checkpoint appears). Writes ``results/segmentation.json`` and ``results/segmentation.md``.
 
-2D protocol (fixed so rows compare): 64 px, ResNet-18 feature-pyramid U-Net, the same optimiser, augmentations and
+An ``--encoder NAME=CHECKPOINT`` row uses the encoder its SSL method pretrains (``--method NAME=METHOD``; by default
+the preset of ``configs/methods`` named like the row, else the bundle's ResNet-18): the bundle's U-Net decodes that
+encoder's stage maps (five for the ResNet methods, the token maps at 1/3, 2/3 and full depth for a ViT).
+
+2D protocol (fixed so rows compare): 64 px, feature-pyramid U-Net, the same optimiser, augmentations and
 number of optimiser steps (``--steps``) for every row and fraction; validation Dice every ``--val-every`` epochs
 picks the checkpoint; test = the 39 frontal lung-seg test images, Dice and HD95 (pixels of the 256 px image) on
 the original grid.
@@ -27,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.bundle import ConfigWorkflow
+
+from dissect_monai.networks.presets import method_names
 
 REPO = Path(__file__).resolve().parents[1]
 LUNG = REPO / "bundles" / "dissect_cxr_lung_segmentation"
@@ -66,17 +72,31 @@ def _summary(values: list[float]) -> dict[str, float]:
     return {"mean": float(arr.mean()), "std": float(arr.std()), "median": float(np.median(arr)), "n": int(arr.size)}
 
 
+def method_encoder_config(method: str, image_size: int, checkpoint: str | None) -> dict:
+    """Bundle config of ``method``'s pretrained encoder as a feature pyramid (for ``network_def#encoder``)."""
+    return {"_target_": "dissect_monai.networks.presets.method_encoder", "method": method, "image_size": image_size,
+            "checkpoint": checkpoint}
+
+
 def train_and_test_lung(run_dir: Path, checkpoint: str | None, freeze: bool, fraction: float, seed: int,
-                        steps: int, val_every_steps: int, batch_size: int, image_size: int) -> dict:
-    """One 2D run: train on ``fraction`` of the frontal train split for ``steps`` optimiser steps, test on test."""
+                        steps: int, val_every_steps: int, batch_size: int, image_size: int,
+                        method: str | None = None) -> dict:
+    """One 2D run: train on ``fraction`` of the frontal train split for ``steps`` optimiser steps, test on test.
+
+    ``method``: the SSL method preset whose encoder ``checkpoint`` holds (None: the bundle's ResNet-18).
+    """
     result_file = run_dir / "result.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
     run_dir.mkdir(parents=True, exist_ok=True)
     common = {"ckpt_dir": str(run_dir / "models"), "output_dir": str(run_dir / "eval"), "seed": seed,
               "image_size": image_size, "batch_size": batch_size}
-    wf = _workflow(LUNG, ["train.yaml"], initialize=False, label_fraction=fraction, encoder_checkpoint=checkpoint,
-                   freeze_encoder=freeze, **common)
+    if method:  # the test workflow loads the trained U-Net over this architecture, so it needs no checkpoint
+        common["network_def#encoder"] = method_encoder_config(method, image_size, None)
+    encoder = {"network_def#encoder": method_encoder_config(method, image_size, checkpoint)} if method else \
+        {"encoder_checkpoint": checkpoint}
+    wf = _workflow(LUNG, ["train.yaml"], initialize=False, label_fraction=fraction, freeze_encoder=freeze,
+                   **{**common, **encoder})
     n_train = len(wf.parser.get_parsed_content("train#datalist"))
     iters_per_epoch = math.ceil(n_train / batch_size)
     epochs = max(1, math.ceil(steps / iters_per_epoch))
@@ -157,7 +177,8 @@ def write_report(results: dict, out: Path) -> None:
         "",
         "## Lung segmentation (cxr-lung-seg, frontal images)",
         "",
-        f"Budget: {cfg['image_size']} px, ResNet-18 feature-pyramid U-Net, AdamW lr 1e-3, batch {cfg['batch_size']}, "
+        f"Budget: {cfg['image_size']} px, feature-pyramid U-Net on the row's encoder (ResNet-18, or the row's method's "
+        "encoder: MLVICX's pyramid, or a ViT's token maps at three depths), AdamW lr 1e-3, batch {cfg['batch_size']}, "
         f"{cfg['steps']} optimiser steps per run whatever the fraction (epochs = steps / batches per epoch), "
         "validation Dice on the 21 frontal val images picks the checkpoint. The label fraction is a patient-level "
         "subset of the 138 frontal train images, drawn with the run's seed (so seeds differ in images and init). "
@@ -211,6 +232,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--encoder", action="append", default=[],
                     help="'random' or NAME=CHECKPOINT (pretraining bundle models/model.pt or training checkpoint)")
+    ap.add_argument("--method", action="append", default=[], metavar="NAME=METHOD",
+                    help="method preset whose encoder NAME's checkpoint holds (default: the preset named NAME if any, "
+                         "else the bundle's ResNet-18)")
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.1, 1.0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--steps", type=int, default=60)
@@ -225,19 +249,26 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
+    methods = dict(item.split("=", 1) for item in args.method)
+    presets = method_names()
+    unknown = sorted(set(methods.values()) - set(presets))
+    if unknown:
+        ap.error(f"unknown method preset(s) {unknown}; choose from {presets}")
     rows = []
     missing = []
     for spec in [] if args.no_lung else (args.encoder or ["random"]):
         if spec == "random":
-            rows.append({"encoder": "random init", "mode": "fine-tuned", "checkpoint": None, "freeze": False})
+            rows.append({"encoder": "random init", "mode": "fine-tuned", "checkpoint": None, "freeze": False,
+                         "method": None})
             continue
         name, _, path = spec.partition("=")
         if not path or not Path(path).is_file():
             missing.append(f"{name} ({path or 'no path'})")
             continue
+        method = methods.get(name, name if name in presets else None)
         for freeze in (False, True):
             rows.append({"encoder": name, "mode": "frozen" if freeze else "fine-tuned", "checkpoint": path,
-                         "freeze": freeze})
+                         "freeze": freeze, "method": method})
 
     config = {"steps": args.steps, "batch_size": args.batch_size, "image_size": args.image_size,
               "seeds": args.seeds, "fractions": args.fractions, "val_every_steps": args.val_every_steps}
@@ -248,9 +279,9 @@ def main() -> int:
                 run_dir = args.work_dir / key.replace("|", "_")
                 print(f"[segmentation] {key}", flush=True)
                 r = train_and_test_lung(run_dir, row["checkpoint"], row["freeze"], fraction, seed, args.steps,
-                                        args.val_every_steps, args.batch_size, args.image_size)
+                                        args.val_every_steps, args.batch_size, args.image_size, row["method"])
                 if "row" not in r:
-                    r["row"] = {k: row[k] for k in ("encoder", "mode", "checkpoint")} | {"fraction": fraction}
+                    r["row"] = {k: row[k] for k in ("encoder", "mode", "checkpoint", "method")} | {"fraction": fraction}
                     r["config"] = config
                     (run_dir / "result.json").write_text(json.dumps(r, indent=2))
                 write_report(collect(args.work_dir, missing), args.results)
