@@ -7,20 +7,16 @@ Stages (each resumable: finished work is skipped, interrupted work resumes):
    ``runs/compare/<method>_<size>px_<epochs>ep/`` (``model.pt``, ``checkpoint.pt``, ``run.json`` with wall time).
 2. ``representations``: ``scripts/evaluate_representations.py`` (frozen linear probe at 1/5/10/100 % of the
    labels x 5 seeds, kNN, NIH view shortcut probe; plus the raw / random-init / supervised reference rows) on
-   the checkpoints whose encoder it can build.
+   every finished checkpoint, each with the encoder its method pretrains (``dissect_monai.networks.presets``).
 3. ``segmentation``: ``scripts/evaluate_segmentation.py`` (lung-seg Dice, frozen and fine-tuned encoder, 10 %
-   of train) on the same checkpoints plus a random-init encoder.
+   of train) on the same checkpoints plus a random-init ResNet-18; a ViT's U-Net decodes its token maps at three
+   depths.
 4. ``report``: ``results/comparison.{md,json,png}``: a row per method (plus random init and supervised), AUC at
    each label fraction on both benchmarks, kNN, shortcut-probe AUC, lung Dice at 10 %, pretraining wall time and
    the budget; and the label-efficiency plot of all methods.
 
-The two evaluation scripts build a plain ``ResNetFeaturePyramid`` (ResNet-18); the ViT methods (MAE, I-JEPA,
-DINO, DiSSECT-ViT) and MLVICX (whose context bottlenecks are part of its encoder: loading it into a plain
-ResNet would silently drop them, the official code's bug) are pretrained but marked "not evaluated" until
-those scripts build encoders from the method presets.
-
     .venv/bin/python scripts/compare_methods.py --plan                 # budget estimate, runs nothing
-    nohup .venv/bin/python scripts/compare_methods.py --epochs 10 > runs/compare/compare.log 2>&1 &
+    nohup .venv/bin/python scripts/compare_methods.py --epochs 3 --threads 1 > runs/compare/compare.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -36,18 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "dissect_cxr_pretrain"
 METHODS_DIR = REPO / "configs" / "methods"
-#: method preset -> whether its shipped encoder is a plain ResNet-18 pyramid the evaluation scripts can load
-METHODS: dict[str, bool] = {
-    "dissect": True, "byol": True, "vicreg": True, "coboom": True, "mlvicx": False,
-    "mae": False, "ijepa": False, "dino": False, "dissect_vit": False,
-}
-NOT_EVALUATED = {
-    "mlvicx": "encoder has context bottlenecks; the evaluation scripts build a plain ResNet-18",
-    "mae": "ViT encoder; the evaluation scripts build a ResNet-18",
-    "ijepa": "ViT encoder; the evaluation scripts build a ResNet-18",
-    "dino": "ViT encoder; the evaluation scripts build a ResNet-18",
-    "dissect_vit": "ViT encoder; the evaluation scripts build a ResNet-18",
-}
+#: the method presets of configs/methods, ResNet-18 ones first
+METHODS = ("dissect", "byol", "vicreg", "coboom", "mlvicx", "mae", "ijepa", "dino", "dissect_vit")
 FRACTIONS = ("0.01", "0.05", "0.1", "1")
 
 
@@ -91,7 +77,7 @@ def pretrain(method: str, args: argparse.Namespace) -> None:
 
 
 def evaluable(args: argparse.Namespace) -> dict[str, Path]:
-    return {m: run_dir(args, m) / "model.pt" for m in args.methods if METHODS[m] and finished(run_dir(args, m))}
+    return {m: run_dir(args, m) / "model.pt" for m in args.methods if finished(run_dir(args, m))}
 
 
 def evaluate(stage: str, args: argparse.Namespace) -> None:
@@ -100,12 +86,14 @@ def evaluate(stage: str, args: argparse.Namespace) -> None:
     if stage == "representations":
         cmd = [sys.executable, str(REPO / "scripts" / "evaluate_representations.py"),
                *[f"{m}={p}" for m, p in checkpoints.items()], *common,
+               "--ft-steps", str(args.ft_steps), "--ft-batch", str(args.ft_batch), "--ft-evaluations", "5",
                "--work-dir", str(args.work_dir / "representations"),
                "--results", str(args.results_dir / "representations")]
     else:
         cmd = [sys.executable, str(REPO / "scripts" / "evaluate_segmentation.py"), "--encoder", "random",
                *[x for m, p in checkpoints.items() for x in ("--encoder", f"{m}={p}")], *common,
-               "--fractions", "0.1", "--ct-epochs", "0", "--work-dir", str(args.work_dir / "segmentation"),
+               "--fractions", "0.1", "--seeds", *map(str, args.seg_seeds), "--ct-epochs", "0",
+               "--work-dir", str(args.work_dir / "segmentation"),
                "--results", str(args.results_dir / "segmentation")]
     print(f"[{stage}] {' '.join(cmd)}", flush=True)
     code = subprocess.call(cmd, cwd=REPO)
@@ -140,7 +128,7 @@ def report(args: argparse.Namespace) -> dict:
             "name": name,
             "pretrained": finished(directory) if directory else None,
             "wall_seconds": record.get("wall_seconds"),
-            "note": NOT_EVALUATED.get(name, ""),
+            "note": "pretraining failed, see its train.log" if record.get("returncode") not in (None, 0) else "",
             "auc": {bench: {f: summary.get(bench, {}).get("fractions", {}).get(f, {}).get("test_auc")
                             for f in FRACTIONS} for bench in ("nih", "kermany")},
             "knn": {bench: summary.get(bench, {}).get("knn20_acc") for bench in ("nih", "kermany")},
@@ -151,7 +139,9 @@ def report(args: argparse.Namespace) -> dict:
         rows.append(row)
     result = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "budget": {"image_size": args.image_size, "epochs": args.epochs, "batch_size": args.batch_size,
-                         "threads_per_run": args.threads, "views": "the pretraining bundle's two views for all",
+                         "threads_per_run": args.threads, "views": "the pretraining bundle's two views for all "
+                         "(DINO adds its 4 local crops, MAE / I-JEPA their masks)",
+                         "supervised": f"fine-tuned from scratch, {args.ft_steps} steps x {args.ft_batch}",
                          "backbones": "ResNet-18 (ResNet methods), ViT patch 8 width 192 x 6 blocks (ViT methods)"},
               "rows": rows}
     args.results_dir.mkdir(parents=True, exist_ok=True)
@@ -167,7 +157,8 @@ def markdown(result: dict) -> str:
         "# SSL methods compared at the same budget",
         "",
         f"Budget per method: {b['epochs']} epoch(s) of the pretraining pool at {b['image_size']} px, batch "
-        f"{b['batch_size']}, {b['threads_per_run']} CPU thread(s); {b['views']}; {b['backbones']}.",
+        f"{b['batch_size']}, {b['threads_per_run']} CPU thread(s); {b['views']}; {b['backbones']}. "
+        f"Supervised reference: {b['supervised']}.",
         "Made by `scripts/compare_methods.py` (resumable). Evaluation protocol: `results/compare/representations.md`",
         "and `results/compare/segmentation.md`. A dash means not run (yet) or not supported (see notes).",
         "",
@@ -245,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seg-seeds", type=int, nargs="+", default=[0], help="seeds of the lung segmentation runs")
+    ap.add_argument("--ft-steps", type=int, default=150, help="supervised reference row: optimiser steps per cell")
+    ap.add_argument("--ft-batch", type=int, default=32, help="supervised reference row: batch size")
     ap.add_argument("--work-dir", type=Path, default=REPO / "runs" / "compare")
     ap.add_argument("--results-dir", type=Path, default=REPO / "results" / "compare")
     ap.add_argument("--plan", action="store_true", help="print the budget estimate and exit")
