@@ -2,7 +2,8 @@
 
 For every pretraining run under ``runs/pretrain/<name>/`` with a ``model.pt`` (or runs given with
 ``--run name=method:path``), the embedder is rebuilt from the pretraining bundle's ``train.yaml`` merged with
-``configs/methods/<method>.yaml`` at the run's image size, its weights loaded (``weights_only=True``), and
+``configs/methods/<method>.yaml`` at the run's image size (``dissect_monai.networks.presets``), its weights loaded
+strictly (``weights_only=True``), and
 for a few NIH test images (pneumonia and no finding, AP and PA) the script draws:
 
 - cosine similarity of every patch to an anchor patch (left lung field), and PCA of patch features (RGB);
@@ -28,9 +29,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from monai.bundle import ConfigParser
 from monai.transforms import Compose, EnsureTyped, Resized
 
+from dissect_monai.networks.presets import METHODS_DIR, build_method_embedder
 from dissect_monai.transforms import LoadMedicalImaged
 from dissect_monai.viz import (
     anchor_similarity,
@@ -46,22 +47,7 @@ from dissect_monai.viz import (
 from dissect_monai.viz import panels
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN_CONFIG = REPO / "bundles" / "dissect_cxr_pretrain" / "configs" / "train.yaml"
-METHODS_DIR = REPO / "configs" / "methods"
 RANDOM_REFERENCES = {"random_resnet18": "byol", "random_vit": "mae"}
-
-
-def build_embedder(method: str, image_size: int) -> torch.nn.Module:
-    """The pretraining bundle's ``embedder`` for ``method`` (train.yaml + the method preset) at ``image_size``."""
-    preset = METHODS_DIR / f"{method}.yaml"
-    if not preset.is_file():
-        known = sorted(p.stem for p in METHODS_DIR.glob("*.yaml"))
-        raise FileNotFoundError(f"no method preset {preset}; known: {known}")
-    parser = ConfigParser()
-    parser.read_config([str(TRAIN_CONFIG), str(preset)])
-    parser["image_size"] = image_size
-    parser["bundle_root"] = str(TRAIN_CONFIG.parents[1])
-    return parser.get_parsed_content("network_def").embedder.eval()
 
 
 def discover_runs(runs_dir: Path) -> list[dict]:
@@ -149,10 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             by_size[size] = {"images": test_images(args.data_root, args.images, size), "rows": {},
                              "typical": test_images(args.data_root, args.typical_images, size)[0]}
         images, info = by_size[size]["images"]
-        embedder = build_embedder(run["method"], size)
-        if run["checkpoint"] is not None:
-            state = torch.load(run["checkpoint"], map_location="cpu", weights_only=True)
-            embedder.load_state_dict(state)
+        embedder = build_method_embedder(run["method"], size, run["checkpoint"])
         note = budget_note(run)
         label = f"{run['name']}\n({note.split(' - ')[0].replace(' (no pretraining)', '')})"
         with torch.no_grad():

@@ -58,3 +58,16 @@ def test_vit_methods_embed_with_their_token_and_segment_through_a_token_pyramid(
 def test_unknown_method_names_the_known_presets():
     with pytest.raises(FileNotFoundError, match="known: .*'dissect'"):
         build_method_embedder("simclr", SIZE)
+
+
+def test_dissect_checkpoint_restores_the_quantizer_too(tmp_path):
+    torch.manual_seed(0)
+    trained = build_method_embedder("dissect", SIZE)
+    for codebook in trained.quantizer.codebooks:
+        codebook.codebook.copy_(torch.nn.functional.normalize(torch.randn_like(codebook.codebook), dim=1))
+    path = tmp_path / "model.pt"
+    torch.save(trained.state_dict(), path)
+    torch.manual_seed(1)
+    loaded = build_method_embedder("dissect", SIZE, path)
+    for ours, theirs in zip(loaded.quantizer.codebooks, trained.quantizer.codebooks):
+        assert torch.equal(ours.codebook, theirs.codebook)

@@ -12,6 +12,7 @@ import torch
 from dissect_monai.networks.dissect import DiSSECTEmbedder
 from dissect_monai.networks.embedder import EncoderEmbedder
 from dissect_monai.networks.encoders import ResNetFeaturePyramid
+from dissect_monai.networks.presets import build_method_embedder
 from dissect_monai.networks.vit import ViTEncoder, ViTTokenPyramid
 from dissect_monai.viz import (
     anchor_similarity,
@@ -118,7 +119,7 @@ def test_make_maps_on_real_images(repo_root, data_root, tmp_path):
     spec.loader.exec_module(make_maps)
     torch.set_num_threads(1)
     checkpoint = tmp_path / "model.pt"
-    torch.save(make_maps.build_embedder("dissect_vit", 64).state_dict(), checkpoint)
+    torch.save(build_method_embedder("dissect_vit", 64).state_dict(), checkpoint)
     out = tmp_path / "maps"
     code = make_maps.main(["--run", f"untrained=dissect_vit:{checkpoint}", "--images", "2", "--no-random",
                            "--data-root", str(data_root), "--out", str(out)])

@@ -50,8 +50,8 @@ def build_method_embedder(
         method: preset name, a file ``<methods_dir>/<method>.yaml``.
         image_size: side of the square input the method was pretrained at (ViTs fix their token grid by it).
         checkpoint: optional pretraining checkpoint (the bundle's ``models/model.pt`` or a training checkpoint)
-            whose encoder weights are loaded with :func:`load_pretrained_encoder` (strict: clear error naming the
-            file when they do not fit the method's encoder).
+            whose embedder weights (encoder, and DiSSECT's quantizer) are loaded with :func:`load_pretrained_encoder`
+            (strict: a clear error naming the file when they do not fit the method's embedder).
         overrides: further config values by id, e.g. ``{"depth": 34}`` for a ResNet-34 run of a ResNet method.
         methods_dir: folder of the presets.
         bundle_root: the pretraining bundle (its ``configs/train.yaml`` is the base config).
@@ -71,7 +71,7 @@ def build_method_embedder(
         parser[key] = value
     embedder = parser.get_parsed_content("network_def").embedder
     if checkpoint:
-        load_pretrained_encoder(checkpoint, embedder.encoder)
+        load_pretrained_encoder(checkpoint, embedder)
     return embedder.eval()
 
 
