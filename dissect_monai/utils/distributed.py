@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import ignite.distributed as idist
 import torch
 import torch.distributed as dist
 
@@ -12,6 +13,11 @@ __all__ = ["init_distributed", "distributed_device", "wrap_ddp"]
 
 def init_distributed(backend: str = "auto") -> int:
     """Initialise the default process group from torchrun's environment; returns this process's rank.
+
+    Every rank also synchronises ignite's distributed helpers with the group here. Ignite detects the group on the
+    first ``ignite.distributed`` call with a collective (a new gloo group), and its ``Checkpoint`` (so MONAI's
+    ``CheckpointSaver``) makes that call when created: a saver created on rank 0 alone would wait forever for the
+    other ranks. After this call, handlers may be created on rank 0 only.
 
     Args:
         backend: ``"auto"`` (NCCL when CUDA is available, gloo otherwise), or an explicit backend name.
@@ -26,6 +32,7 @@ def init_distributed(backend: str = "auto") -> int:
         if backend == "auto":
             backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend)
+    idist.sync()
     return dist.get_rank()
 
 

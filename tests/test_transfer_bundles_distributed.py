@@ -1,0 +1,214 @@
+"""The transfer bundles' ``multi_gpu_train.yaml`` under a real ``torchrun`` with two gloo ranks on CPU.
+
+For the classification, lung segmentation and CT segmentation bundles, train.yaml + multi_gpu_train.yaml run one
+short epoch on real images (two iterations per rank, so DDP's gradient reduction is exercised across iterations)
+with validation at its end. Each run must exit 0; rank 0 alone writes ``model.pt`` and TensorBoard events (each rank
+is given its own output folders, and rank 1's must not exist); both ranks end with bit-identical weights and
+buffers, equal to the saved ``model.pt``; every rank validated only its share of the val images, yet both report
+the metric of the whole val set, the same value a single process computes with those weights.
+
+Every output goes to pytest's temporary directory. Run: ``pytest tests/test_transfer_bundles_distributed.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from monai.bundle import ConfigWorkflow
+
+from dissect_monai.data import csv_datalist, dataset_datalist
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLES = REPO / "bundles"
+
+
+@dataclass
+class DistributedCase:
+    """One bundle's tiny two-rank run.
+
+    Attributes:
+        bundle: bundle folder name under ``bundles/``.
+        ckpt_dir: config id of the folder ``model.pt`` is written to.
+        log_dir: config id of the TensorBoard folder.
+        overrides: config ids -> values written to the override file (lists of items allowed).
+        val_items_per_rank: how many val images each rank must have evaluated.
+        iterations: training iterations each rank must have run.
+    """
+
+    bundle: str
+    ckpt_dir: str
+    log_dir: str
+    overrides: dict = field(default_factory=dict)
+    val_items_per_rank: tuple[int, int] = (1, 1)
+    iterations: int = 2
+
+
+def _classification_case(data_root: Path) -> DistributedCase:
+    train = dataset_datalist("nih-cxr-pneumonia", "train", data_root)[:8]
+    val = dataset_datalist("nih-cxr-pneumonia", "val", data_root)
+    positives, negatives = [x for x in val if x["pneumonia"] == 1], [x for x in val if x["pneumonia"] == 0]
+    return DistributedCase(
+        bundle="dissect_cxr_classification",
+        ckpt_dir="output_dir",
+        log_dir="log_dir",
+        # fine-tune: the encoder's batch norms train, so their statistics are per-rank state to check; with the
+        # quantised descriptor, whose projection gets no gradient (DDP must be told about unused parameters)
+        overrides={"dataset_dir": str(data_root), "pretrained_checkpoint": None, "mode": "finetune",
+                   "use_descriptor": True,
+                   "image_size": 32, "batch_size": 2, "epochs": 1, "num_threads": 1,
+                   "train#datalist": train, "validate#datalist": positives[:3] + negatives[:2]},
+        val_items_per_rank=(3, 2),
+    )
+
+
+def _lung_case(data_root: Path) -> DistributedCase:
+    labels = data_root / "cxr-lung-seg" / "labels.csv"
+    frontal = ("PA", "AP", "AP Supine")
+
+    def items(split: str, n: int) -> list[dict]:
+        return [x for x in csv_datalist(labels, mask_column="mask", splits=split) if x["view"] in frontal][:n]
+
+    return DistributedCase(
+        bundle="dissect_cxr_lung_segmentation",
+        ckpt_dir="ckpt_dir",
+        log_dir="output_dir",
+        overrides={"dataset_dir": str(data_root / "cxr-lung-seg"), "image_size": 32, "batch_size": 2, "epochs": 1,
+                   "train#datalist": items("train", 8), "validate#datalist": items("val", 3)},
+        val_items_per_rank=(2, 1),
+    )
+
+
+def _ct_case(data_root: Path) -> DistributedCase:
+    return DistributedCase(
+        bundle="dissect_ct_segmentation",
+        ckpt_dir="ckpt_dir",
+        log_dir="output_dir",
+        # one labelled volume: both ranks train on it (one batch of two patches per epoch) and both validate it
+        overrides={"dataset_dir": str(data_root / "totalseg-ct"), "epochs": 2, "val_interval": 2,
+                   "pixdim": [6.0, 6.0, 6.0], "patch_size": [32, 32, 32],
+                   "train#random_transforms#0#num_samples": 2, "train#dataloader#batch_size": 1},
+        val_items_per_rank=(1, 1),
+    )
+
+
+CASES = {"classification": _classification_case, "lung": _lung_case, "ct": _ct_case}
+
+
+def torchrun(args: list[str], cwd: Path, timeout: float = 300) -> str:
+    """``torchrun --standalone --nnodes=1 --nproc_per_node=2 <args>`` (gloo on CPU, one thread per rank).
+
+    Fails the test on a non-zero exit, and on a hang: after ``timeout`` seconds the launcher and both ranks (its
+    process group) are killed. Returns stdout + stderr.
+    """
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True) as proc:
+        try:
+            output, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            output, _ = proc.communicate()
+            pytest.fail(f"torchrun did not finish within {timeout} s (a rank waiting for another?):\n{output[-4000:]}")
+    assert proc.returncode == 0, output[-6000:]
+    return output
+
+
+def run_two_ranks(case: DistributedCase, tmp_path: Path) -> list[dict]:
+    """Run ``case`` under ``torchrun --nproc_per_node=2`` (gloo); returns each rank's final state.
+
+    An override file (merged after train.yaml and multi_gpu_train.yaml) holds ``case.overrides``, gives each rank
+    its own ``ckpt_dir``/``log_dir`` (``<id>_rank<r>`` under ``tmp_path``) and makes ``finalize`` save, per rank,
+    the unwrapped network's state dict, the evaluator's metrics and the number of val images that rank evaluated
+    to ``tmp_path/rank<r>.pt``.
+    """
+    configs = BUNDLES / case.bundle / "configs"
+    per_rank = {key: f"$os.path.join({str(tmp_path)!r}, '{key}_rank' + str(@rank))"
+                for key in (case.ckpt_dir, case.log_dir)}
+    state = ("{'network': @network.module.state_dict(), 'metrics': dict(@validate#evaluator.state.metrics), "
+             "'val_items': len(@validate#evaluator.data_loader.sampler), "
+             "'iterations': @train#trainer.state.iteration}")
+    dump = {**case.overrides, **per_rank, "finalize": [
+        f"$torch.save({state}, os.path.join({str(tmp_path)!r}, 'rank' + str(@rank) + '.pt'))",
+        "$torch.distributed.destroy_process_group()",
+    ]}
+    override_file = tmp_path / "two_ranks.yaml"
+    override_file.write_text(yaml.safe_dump(dump, sort_keys=False))
+    files = [str(configs / "train.yaml"), str(configs / "multi_gpu_train.yaml"), str(override_file)]
+    torchrun(["-m", "monai.bundle", "run", "--config_file", str(files), "--meta_file", str(configs / "metadata.json"),
+              "--logging_file", str(configs / "logging.conf"), "--bundle_root", str(BUNDLES / case.bundle)], tmp_path)
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+
+def single_process_metrics(case: DistributedCase, weights: dict, tmp_path: Path) -> dict:
+    """The val metrics of ``weights`` computed by train.yaml's evaluator in this process, on all val images."""
+    configs = BUNDLES / case.bundle / "configs"
+    workflow = ConfigWorkflow(
+        config_file=str(configs / "train.yaml"), meta_file=str(configs / "metadata.json"), logging_file=False,
+        workflow_type="train", bundle_root=str(BUNDLES / case.bundle),
+        **{**case.overrides, case.ckpt_dir: str(tmp_path / "single_ckpt"), case.log_dir: str(tmp_path / "single_log")},
+    )
+    workflow.initialize()
+    workflow.parser.get_parsed_content("network_def").load_state_dict(weights)
+    evaluator = workflow.parser.get_parsed_content("validate#evaluator")
+    evaluator.run()
+    return dict(evaluator.state.metrics)
+
+
+RANK0_ONLY_SAVER = """
+import sys
+import torch
+from monai.handlers import CheckpointSaver
+from dissect_monai.utils import init_distributed
+if init_distributed("gloo") == 0:
+    CheckpointSaver(save_dir=sys.argv[1], save_dict={"model": torch.nn.Linear(2, 1)}, save_final=True)
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()
+"""
+
+
+def test_a_checkpoint_saver_created_on_rank0_alone_does_not_wait_for_the_other_ranks(tmp_path):
+    """Regression: ignite's Checkpoint joins a collective on its first distributed call; init_distributed makes
+    every rank do that call, so the multi-GPU configs can leave the saver out on the other ranks (it hung)."""
+    script = tmp_path / "rank0_only_saver.py"
+    script.write_text(RANK0_ONLY_SAVER)
+    torchrun([str(script), str(tmp_path / "ckpt")], tmp_path, timeout=90)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_two_ranks_train_validate_and_save_once_with_identical_weights(name, tmp_path, data_root):
+    case = CASES[name](data_root)
+    rank0, rank1 = run_two_ranks(case, tmp_path)
+
+    # rank 0 alone wrote the checkpoint and the TensorBoard events
+    model = tmp_path / f"{case.ckpt_dir}_rank0" / "model.pt"
+    assert model.is_file()
+    assert list((tmp_path / f"{case.log_dir}_rank0").glob("events.out.tfevents.*"))
+    assert not (tmp_path / f"{case.ckpt_dir}_rank1").exists()
+    assert not (tmp_path / f"{case.log_dir}_rank1").exists()
+
+    # identical weights and buffers on both ranks (validation broadcasts rank 0's batch-norm statistics), and
+    # model.pt holds them
+    assert rank0["iterations"] == rank1["iterations"] == case.iterations
+    saved = torch.load(model, weights_only=True)  # one object in save_dict: its state dict, not nested
+    assert rank0["network"].keys() == rank1["network"].keys() == saved.keys()
+    assert any(k.endswith("running_mean") for k in saved)
+    for key, value in rank0["network"].items():
+        assert torch.equal(value, rank1["network"][key]), key
+        assert torch.equal(value, saved[key]), key
+
+    # each rank evaluated its share, the metric is that of the whole val set
+    assert (rank0["val_items"], rank1["val_items"]) == case.val_items_per_rank
+    assert rank0["metrics"] == rank1["metrics"] and len(rank0["metrics"]) == 1
+    expected = single_process_metrics(case, rank0["network"], tmp_path)
+    assert expected.keys() == rank0["metrics"].keys()
+    for key, value in expected.items():
+        assert rank0["metrics"][key] == pytest.approx(value, abs=1e-4), key
