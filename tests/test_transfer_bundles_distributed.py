@@ -28,6 +28,8 @@ from dissect_monai.data import csv_datalist, dataset_datalist
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "bundles"
+# MONAI Label's environment (monai 1.4.0, ignite 0.4.11): ``bash scripts/setup_monailabel_env.sh``
+MONAI14_PYTHON = Path(os.environ.get("MONAILABEL_VENV", REPO / ".venv-monailabel")) / "bin" / "python"
 
 
 @dataclass
@@ -102,13 +104,13 @@ def _ct_case(data_root: Path) -> DistributedCase:
 CASES = {"classification": _classification_case, "lung": _lung_case, "ct": _ct_case}
 
 
-def torchrun(args: list[str], cwd: Path, timeout: float = 300) -> str:
-    """``torchrun --standalone --nnodes=1 --nproc_per_node=2 <args>`` (gloo on CPU, one thread per rank).
+def torchrun(args: list[str], cwd: Path, timeout: float = 300, python: Path | str = sys.executable) -> str:
+    """``torchrun --standalone --nnodes=1 --nproc_per_node=2 <args>`` with ``python`` (gloo on CPU, 1 thread a rank).
 
     Fails the test on a non-zero exit, and on a hang: after ``timeout`` seconds the launcher and both ranks (its
     process group) are killed. Returns stdout + stderr.
     """
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2", *args]
+    cmd = [str(python), "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2", *args]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           start_new_session=True) as proc:
@@ -122,7 +124,7 @@ def torchrun(args: list[str], cwd: Path, timeout: float = 300) -> str:
     return output
 
 
-def run_two_ranks(case: DistributedCase, tmp_path: Path) -> list[dict]:
+def run_two_ranks(case: DistributedCase, tmp_path: Path, python: Path | str = sys.executable) -> list[dict]:
     """Run ``case`` under ``torchrun --nproc_per_node=2`` (gloo); returns each rank's final state.
 
     An override file (merged after train.yaml and multi_gpu_train.yaml) holds ``case.overrides``, gives each rank
@@ -144,7 +146,8 @@ def run_two_ranks(case: DistributedCase, tmp_path: Path) -> list[dict]:
     override_file.write_text(yaml.safe_dump(dump, sort_keys=False))
     files = [str(configs / "train.yaml"), str(configs / "multi_gpu_train.yaml"), str(override_file)]
     torchrun(["-m", "monai.bundle", "run", "--config_file", str(files), "--meta_file", str(configs / "metadata.json"),
-              "--logging_file", str(configs / "logging.conf"), "--bundle_root", str(BUNDLES / case.bundle)], tmp_path)
+              "--logging_file", str(configs / "logging.conf"), "--bundle_root", str(BUNDLES / case.bundle)],
+             tmp_path, python=python)
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
 
 
@@ -183,12 +186,8 @@ def test_a_checkpoint_saver_created_on_rank0_alone_does_not_wait_for_the_other_r
     torchrun([str(script), str(tmp_path / "ckpt")], tmp_path, timeout=90)
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_two_ranks_train_validate_and_save_once_with_identical_weights(name, tmp_path, data_root):
-    case = CASES[name](data_root)
-    rank0, rank1 = run_two_ranks(case, tmp_path)
-
-    # rank 0 alone wrote the checkpoint and the TensorBoard events
+def check_two_rank_run(case: DistributedCase, tmp_path: Path, rank0: dict, rank1: dict) -> None:
+    """Rank 0 alone wrote model.pt and TensorBoard events; both ranks hold model.pt's weights and the same metric."""
     model = tmp_path / f"{case.ckpt_dir}_rank0" / "model.pt"
     assert model.is_file()
     assert list((tmp_path / f"{case.log_dir}_rank0").glob("events.out.tfevents.*"))
@@ -205,10 +204,33 @@ def test_two_ranks_train_validate_and_save_once_with_identical_weights(name, tmp
         assert torch.equal(value, rank1["network"][key]), key
         assert torch.equal(value, saved[key]), key
 
-    # each rank evaluated its share, the metric is that of the whole val set
+    # each rank evaluated its share; both report the one metric of the whole val set
     assert (rank0["val_items"], rank1["val_items"]) == case.val_items_per_rank
     assert rank0["metrics"] == rank1["metrics"] and len(rank0["metrics"]) == 1
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_two_ranks_train_validate_and_save_once_with_identical_weights(name, tmp_path, data_root):
+    case = CASES[name](data_root)
+    rank0, rank1 = run_two_ranks(case, tmp_path)
+    check_two_rank_run(case, tmp_path, rank0, rank1)
+    # the gathered metric is the one a single process computes on all val images with those weights
     expected = single_process_metrics(case, rank0["network"], tmp_path)
     assert expected.keys() == rank0["metrics"].keys()
     for key, value in expected.items():
         assert rank0["metrics"][key] == pytest.approx(value, abs=1e-4), key
+
+
+@pytest.mark.monailabel
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CASES))
+def test_two_ranks_on_monai_1_4(name, tmp_path, data_root):
+    """The same runs on monai 1.4.0 + ignite 0.4.11 (MONAI Label's environment; skipped where it is absent)."""
+    if not MONAI14_PYTHON.is_file():
+        pytest.skip(f"monai 1.4.0 environment not found at {MONAI14_PYTHON}")
+    version = subprocess.run([str(MONAI14_PYTHON), "-c", "import monai; print(monai.__version__)"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert version[-1] == "1.4.0", version
+    case = CASES[name](data_root)
+    rank0, rank1 = run_two_ranks(case, tmp_path, python=MONAI14_PYTHON)
+    check_two_rank_run(case, tmp_path, rank0, rank1)
