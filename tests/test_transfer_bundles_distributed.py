@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 
 from dissect_monai.data import csv_datalist, dataset_datalist
 
@@ -43,6 +43,8 @@ class DistributedCase:
         overrides: config ids -> values written to the override file (lists of items allowed).
         val_items_per_rank: how many val images each rank must have evaluated.
         iterations: training iterations each rank must have run.
+        monailabel_train: train with train.yaml as MONAI Label's ``BundleTrainTask`` exports it for torchrun
+            (``monailabel_train.json``: a ``CheckpointLoader`` of the bundle's model prepended to ``train#handlers``).
     """
 
     bundle: str
@@ -51,6 +53,7 @@ class DistributedCase:
     overrides: dict = field(default_factory=dict)
     val_items_per_rank: tuple[int, int] = (1, 1)
     iterations: int = 2
+    monailabel_train: bool = False
 
 
 def _classification_case(data_root: Path) -> DistributedCase:
@@ -101,7 +104,14 @@ def _ct_case(data_root: Path) -> DistributedCase:
     )
 
 
-CASES = {"classification": _classification_case, "lung": _lung_case, "ct": _ct_case}
+def _lung_monailabel_case(data_root: Path) -> DistributedCase:
+    case = _lung_case(data_root)
+    case.monailabel_train = True
+    return case
+
+
+CASES = {"classification": _classification_case, "lung": _lung_case, "lung_monailabel": _lung_monailabel_case,
+         "ct": _ct_case}
 
 
 def torchrun(args: list[str], cwd: Path, timeout: float = 300, python: Path | str = sys.executable) -> str:
@@ -144,11 +154,27 @@ def run_two_ranks(case: DistributedCase, tmp_path: Path, python: Path | str = sy
     ]}
     override_file = tmp_path / "two_ranks.yaml"
     override_file.write_text(yaml.safe_dump(dump, sort_keys=False))
-    files = [str(configs / "train.yaml"), str(configs / "multi_gpu_train.yaml"), str(override_file)]
+    train = monailabel_train_config(case, tmp_path) if case.monailabel_train else configs / "train.yaml"
+    files = [str(train), str(configs / "multi_gpu_train.yaml"), str(override_file)]
     torchrun(["-m", "monai.bundle", "run", "--config_file", str(files), "--meta_file", str(configs / "metadata.json"),
               "--logging_file", str(configs / "logging.conf"), "--bundle_root", str(BUNDLES / case.bundle)],
              tmp_path, python=python)
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+
+def monailabel_train_config(case: DistributedCase, tmp_path: Path) -> Path:
+    """train.yaml as MONAI Label 0.8.5's BundleTrainTask writes it before torchrun (``pretrained`` on): a
+    ``CheckpointLoader`` of the bundle's ``models/model.pt`` (here: initial weights saved to ``tmp_path``) inserted
+    first in ``train#handlers``, the config exported as ``monailabel_train.json``."""
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES / case.bundle / "configs" / "train.yaml"))
+    weights = tmp_path / "model.pt"
+    torch.save(parser.get_parsed_content("network_def").state_dict(), weights)
+    parser["train#handlers"].insert(0, {"_target_": "CheckpointLoader", "load_path": str(weights),
+                                        "load_dict": {"model": "$@network"}, "strict": True})
+    path = tmp_path / "monailabel_train.json"
+    ConfigParser.export_config_file(parser.config, str(path), indent=2)
+    return path
 
 
 def single_process_metrics(case: DistributedCase, weights: dict, tmp_path: Path) -> dict:
