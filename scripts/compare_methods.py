@@ -37,8 +37,13 @@ METHODS = ("dissect", "byol", "vicreg", "coboom", "mlvicx", "mae", "ijepa", "din
 FRACTIONS = ("0.01", "0.05", "0.1", "1")
 
 
+def epochs_of(args: argparse.Namespace, method: str) -> int:
+    """The method's pretraining epochs: the common budget, or its reduced budget from ``--reduced-epochs``."""
+    return args.reduced_epochs.get(method, args.epochs)
+
+
 def run_dir(args: argparse.Namespace, method: str) -> Path:
-    return args.work_dir / f"{method}_{args.image_size}px_{args.epochs}ep"
+    return args.work_dir / f"{method}_{args.image_size}px_{epochs_of(args, method)}ep"
 
 
 def finished(directory: Path) -> bool:
@@ -54,16 +59,17 @@ def pretrain(method: str, args: argparse.Namespace) -> None:
         return
     out.mkdir(parents=True, exist_ok=True)
     configs = [str(BUNDLE / "configs" / "train.yaml"), str(METHODS_DIR / f"{method}.yaml")]
+    epochs = epochs_of(args, method)
     cmd = [
         sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(configs),
         "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
         "--logging_file", str(BUNDLE / "configs" / "logging.conf"), "--bundle_root", str(BUNDLE),
         "--output_dir", str(out), "--log_dir", str(out / "logs"), "--image_size", str(args.image_size),
-        "--epochs", str(args.epochs), "--warmup_epochs", str(args.warmup_epochs), "--batch_size", str(args.batch_size),
+        "--epochs", str(epochs), "--warmup_epochs", str(args.warmup_epochs), "--batch_size", str(args.batch_size),
         "--num_threads", str(args.threads), "--seed", str(args.seed), "--progress_bar", "False",
     ]
     previous = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
-    record = {"method": method, "image_size": args.image_size, "epochs": args.epochs, "batch_size": args.batch_size,
+    record = {"method": method, "image_size": args.image_size, "epochs": epochs, "batch_size": args.batch_size,
               "threads": args.threads, "command": " ".join(cmd), "resumed": (out / "checkpoint.pt").is_file(),
               "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     print(f"[pretrain] {method}: {'resuming' if record['resumed'] else 'starting'} ({out})", flush=True)
@@ -128,7 +134,9 @@ def report(args: argparse.Namespace) -> dict:
             "name": name,
             "pretrained": finished(directory) if directory else None,
             "wall_seconds": record.get("wall_seconds"),
-            "note": "pretraining failed, see its train.log" if record.get("returncode") not in (None, 0) else "",
+            "note": "; ".join(
+                ([f"reduced budget: {epochs_of(args, name)} epoch(s)"] if name in args.reduced_epochs else [])
+                + (["pretraining failed, see its train.log"] if record.get("returncode") not in (None, 0) else [])),
             "auc": {bench: {f: summary.get(bench, {}).get("fractions", {}).get(f, {}).get("test_auc")
                             for f in FRACTIONS} for bench in ("nih", "kermany")},
             "knn": {bench: summary.get(bench, {}).get("knn20_acc") for bench in ("nih", "kermany")},
@@ -175,7 +183,7 @@ def markdown(result: dict) -> str:
                  *["—" if r["lung_dice_10"][m] is None else f"{r['lung_dice_10'][m]:.3f}"
                    for m in ("frozen", "fine-tuned")],
                  "—" if r["wall_seconds"] is None else f"{r['wall_seconds']:.0f}",
-                 r["note"] or ("not pretrained yet" if r["pretrained"] is False else "")]
+                 "; ".join(n for n in (r["note"], "not pretrained yet" if r["pretrained"] is False else "") if n)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -217,7 +225,7 @@ def plan(args: argparse.Namespace) -> None:
         per_epoch = seconds / float(measured.get("epochs") or 1) if seconds else None
         if per_epoch is not None:
             scale = (args.image_size / 64) ** 2
-            estimate = per_epoch * scale * args.epochs
+            estimate = per_epoch * scale * epochs_of(args, m)
             total += estimate
             print(f"  {m}: ~{estimate / 3600:.1f} h (measured {per_epoch:.0f} s/epoch at 64 px on this machine)")
         else:
@@ -231,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stages", nargs="+", default=["pretrain", "representations", "segmentation", "report"],
                     choices=["pretrain", "representations", "segmentation", "report"])
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--reduced-epochs", nargs="*", default=[], metavar="METHOD=EPOCHS",
+                    help="methods run at a smaller budget than --epochs (stated in the table), e.g. mlvicx=1")
     ap.add_argument("--warmup-epochs", type=float, default=1.0)
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=64)
@@ -243,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results-dir", type=Path, default=REPO / "results" / "compare")
     ap.add_argument("--plan", action="store_true", help="print the budget estimate and exit")
     args = ap.parse_args(argv)
+    args.reduced_epochs = {m: int(e) for m, e in (item.split("=", 1) for item in args.reduced_epochs)}
+    unknown = sorted(set(args.reduced_epochs) - set(METHODS))
+    if unknown:
+        ap.error(f"--reduced-epochs names unknown methods {unknown}; choose from {list(METHODS)}")
     if args.plan:
         plan(args)
         return 0
