@@ -24,6 +24,7 @@ import argparse
 import csv
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -76,6 +77,19 @@ def method_encoder_config(method: str, image_size: int, checkpoint: str | None) 
     """Bundle config of ``method``'s pretrained encoder as a feature pyramid (for ``network_def#encoder``)."""
     return {"_target_": "dissect_monai.networks.presets.method_encoder", "method": method, "image_size": image_size,
             "checkpoint": checkpoint}
+
+
+def discard_stale_run(run_dir: Path, checkpoint: str | None) -> bool:
+    """Delete ``run_dir`` if its finished result was trained from another encoder checkpoint (a new checkpoint under
+    a row name used before); returns whether it did. Runs without a recorded row are kept."""
+    result_file = run_dir / "result.json"
+    if not result_file.is_file():
+        return False
+    row = json.loads(result_file.read_text()).get("row")
+    if row is None or row.get("checkpoint") == checkpoint:
+        return False
+    shutil.rmtree(run_dir)
+    return True
 
 
 def train_and_test_lung(run_dir: Path, checkpoint: str | None, freeze: bool, fraction: float, seed: int,
@@ -277,6 +291,8 @@ def main() -> int:
             for seed in args.seeds:
                 key = f"{row['encoder']}|{row['mode']}|{fraction}|{seed}".replace(" ", "_")
                 run_dir = args.work_dir / key.replace("|", "_")
+                if discard_stale_run(run_dir, row["checkpoint"]):
+                    print(f"[segmentation] {key}: earlier result came from another checkpoint, rerun", flush=True)
                 print(f"[segmentation] {key}", flush=True)
                 r = train_and_test_lung(run_dir, row["checkpoint"], row["freeze"], fraction, seed, args.steps,
                                         args.val_every_steps, args.batch_size, args.image_size, row["method"])
