@@ -31,8 +31,12 @@ def cosine_momentum(progress: float, base: float = 0.996, final: float = 1.0) ->
 
 
 def _global_pool(x: torch.Tensor) -> torch.Tensor:
-    """Mean over all spatial positions: ``(B, C, *S) -> (B, C)``."""
-    return x.flatten(2).mean(dim=2)
+    """Mean over all spatial positions: ``(B, C, *S) -> (B, C)``.
+
+    Reduces over the spatial dimensions in place, so a channels_last map (the encoder's under bf16, the
+    quantizer's always) is not first copied to NCHW, and its gradient comes back in the map's own layout.
+    """
+    return x.mean(dim=list(range(2, x.dim())))
 
 
 class DiSSECTEmbedder(nn.Module):
