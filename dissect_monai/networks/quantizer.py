@@ -58,6 +58,28 @@ class _UnitRows(torch.autograd.Function):
         return torch.addcmul(grad, unit, radial, value=-1.0).div_(norm.clamp_min(ctx.eps)), None
 
 
+class _StraightThrough(torch.autograd.Function):
+    """Straight-through output and commitment error of rows ``z`` ``(N, D)`` and their codes ``e`` (no gradient).
+
+    Forward: ``z + (e - z)`` (value ``e``) and ``mse(z, e)``, the same values as ``z + (e - z).detach()`` and
+    ``F.mse_loss(z, e)``. Backward: ``grad_z = grad_out + 2 / numel * grad_mse * (z - e)`` in one pass over the
+    rows, where autograd would zero-fill the mse gradient, compute it, then add it to ``grad_out``.
+    """
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        diff = e - z
+        ctx.save_for_backward(diff)
+        return z + diff, F.mse_loss(z, e)
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx, grad_out: torch.Tensor, grad_mse: torch.Tensor
+    ) -> tuple[torch.Tensor, None]:
+        (diff,) = ctx.saved_tensors
+        return torch.addcmul(grad_out, diff, grad_mse * (-2.0 / diff.numel())), None
+
+
 def _unit_rows(v: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """L2-normalised rows ``(N, D)`` (fp32) of ``v`` ``(N, D)``, computed outside autocast (see :class:`_UnitRows`)."""
     with torch.autocast(device_type=v.device.type, enabled=False):
@@ -306,8 +328,9 @@ class MultiScaleQuantizer(nn.Module):
                 if update:
                     codebook.update(flat, idx)
                 if flat.requires_grad:
-                    loss = loss + self.commitment_weight * F.mse_loss(flat, codes)
-                    quantised.append(_as_map(flat + (codes - flat).detach(), z.shape))
+                    straight_through, commitment = _StraightThrough.apply(flat, codes)
+                    loss = loss + self.commitment_weight * commitment
+                    quantised.append(_as_map(straight_through, z.shape))
                 else:  # no gradient path (target network, inference): the loss is 0 and the output is the code
                     quantised.append(_as_map(codes, z.shape))
                 indices.append(idx.view(z.shape[0], *z.shape[2:]))
