@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from dissect_monai.networks import EMACodebook, MultiScaleQuantizer
+from dissect_monai.networks.quantizer import _unit_rows
 
 
 def _initialised(num_codes: int = 8, dim: int = 4, **kwargs) -> EMACodebook:
@@ -175,3 +177,95 @@ def test_blockwise_search_equals_full_argmax() -> None:
     assert cb.search_block < 1000
     assert torch.equal(cb.assign(z), (z @ cb.codebook.t()).argmax(dim=1))
     assert cb.assign(z[:0]).shape == (0,)
+
+
+def _reference_step(
+    q: MultiScaleQuantizer, features: list[torch.Tensor], bf16: bool
+) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
+    """One training step of ``q`` written out plainly: autograd ``F.normalize``, full ``(N, K)`` argmax, one-hot EMA."""
+    quantised, indices = [], []
+    loss = torch.zeros(())
+    for conv, cb, f in zip(q.projections, q.codebooks, features):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            projected = conv(f)
+        z = F.normalize(projected.float(), dim=1)
+        flat = z.movedim(1, -1).reshape(-1, z.shape[1])
+        idx = (flat @ cb.codebook.t()).argmax(dim=1)
+        e = cb.codebook[idx].view(z.shape[0], *z.shape[2:], z.shape[1]).movedim(-1, 1)
+        with torch.no_grad():
+            one_hot = F.one_hot(idx, cb.num_codes).float()
+            cb.ema_count.mul_(cb.decay).add_((1 - cb.decay) * one_hot.sum(0))
+            cb.ema_sum.mul_(cb.decay).add_((1 - cb.decay) * one_hot.t() @ flat)
+            n = cb.ema_count.sum()
+            smoothed = (cb.ema_count + cb.eps) / (n + cb.num_codes * cb.eps) * n
+            cb.codebook.copy_(F.normalize(cb.ema_sum / smoothed[:, None], dim=1))
+        loss = loss + q.commitment_weight * F.mse_loss(z, e)
+        quantised.append(z + (e - z).detach())
+        indices.append(idx.view(z.shape[0], *z.shape[2:]))
+    return quantised, loss, indices
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_optimised_step_equals_plain_reference_at_real_size(bf16: bool) -> None:
+    """Real sizes (c2-c4 of a 64 px batch of 2 x 16 views, 512 codes x 64 dims), NCHW fp32 and channels_last bf16:
+    the row-wise normalisation with its fused backward, the blockwise search and bincount/index_add EMA give the
+    same indices, commitment loss, codebook update, outputs (bit for bit under channels_last) and gradients (to
+    fp32 rounding) as the plain version."""
+    torch.manual_seed(0)
+    fmt = torch.channels_last if bf16 else torch.contiguous_format
+    q = MultiScaleQuantizer([64, 128, 256]).train().to(memory_format=fmt)
+    shapes = ((64, 16), (128, 8), (256, 4))
+    features = [torch.randn(32, c, s, s).contiguous(memory_format=fmt).requires_grad_() for c, s in shapes]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        q(features)  # initialises the codebooks from the batch and makes one update
+    reference = copy.deepcopy(q)
+    torch.manual_seed(1)
+    features = [torch.randn(32, c, s, s).contiguous(memory_format=fmt).requires_grad_() for c, s in shapes]
+    weights = [torch.randn(32, 64, s, s) for _, s in shapes]
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        quantised, loss, indices = q(features)
+    (sum((x * w).sum() for x, w in zip(quantised, weights)) + loss).backward()
+    grads = [f.grad.clone() for f in features] + [p.weight.grad.clone() for p in q.projections]
+    for f in features:
+        f.grad = None
+
+    ref_quantised, ref_loss, ref_indices = _reference_step(reference, features, bf16)
+    (sum((x * w).sum() for x, w in zip(ref_quantised, weights)) + ref_loss).backward()
+    ref_grads = [f.grad for f in features] + [p.weight.grad for p in reference.projections]
+
+    for idx, ref_idx in zip(indices, ref_indices):
+        assert torch.equal(idx, ref_idx)
+    for x, ref_x in zip(quantised, ref_quantised):
+        if bf16:  # channels_last: the rows are the map's own memory, every value is the same
+            assert torch.equal(x, ref_x)
+        else:  # NCHW: the norm is summed along rows instead of across the map's channel planes
+            torch.testing.assert_close(x, ref_x, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=0.0)
+    for cb, ref_cb in zip(q.codebooks, reference.codebooks):
+        assert int(cb.restarts) == 0
+        torch.testing.assert_close(cb.ema_count, ref_cb.ema_count, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(cb.ema_sum, ref_cb.ema_sum, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(cb.codebook, ref_cb.codebook, rtol=1e-5, atol=1e-6)
+    # fp32: the gradients differ by fp32 rounding only (relative to their scale: sums over 8192 positions
+    # cancel); bf16: that difference may move a bf16 rounding of the convolution's backward by one step
+    tol = 2e-2 if bf16 else 1e-5
+    for g, ref_g in zip(grads, ref_grads):
+        assert (g - ref_g).abs().max() <= tol * ref_g.abs().max()
+
+
+def test_row_normalisation_gradient_equals_autograd_normalize() -> None:
+    torch.manual_seed(0)
+    v = torch.randn(300, 64)
+    v[3] = 0.0  # norm clamped to eps: gradient g / eps
+    v[7] *= 1e-14  # also under eps
+    g = torch.randn_like(v)
+    a = v.clone().requires_grad_()
+    u = _unit_rows(a)
+    u.backward(g)
+    b = v.clone().requires_grad_()
+    ref = F.normalize(b, dim=1)
+    ref.backward(g)
+    assert torch.equal(u, ref)
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
+    assert a.grad[3].abs().max() > 1e6  # g / eps on the clamped rows, as autograd gives

@@ -31,7 +31,14 @@ def cosine_momentum(progress: float, base: float = 0.996, final: float = 1.0) ->
 
 
 def _global_pool(x: torch.Tensor) -> torch.Tensor:
-    """Mean over all spatial positions: ``(B, C, *S) -> (B, C)``."""
+    """Mean over all spatial positions: ``(B, C, *S) -> (B, C)``, in the map's own memory order.
+
+    A channels-last map (the encoder's under bf16, the quantizer's always) is averaged as its
+    ``(B, positions, C)`` rows, others as ``(B, C, positions)``: neither the map nor its gradient is copied
+    into the other layout.
+    """
+    if x.stride(1) == 1:
+        return torch.movedim(x, 1, -1).reshape(x.shape[0], -1, x.shape[1]).mean(dim=1)
     return x.flatten(2).mean(dim=2)
 
 
