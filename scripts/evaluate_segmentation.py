@@ -192,7 +192,7 @@ def write_report(results: dict, out: Path) -> None:
         "## Lung segmentation (cxr-lung-seg, frontal images)",
         "",
         f"Budget: {cfg['image_size']} px, feature-pyramid U-Net on the row's encoder (ResNet-18, or the row's method's "
-        "encoder: MLVICX's pyramid, or a ViT's token maps at three depths), AdamW lr 1e-3, batch {cfg['batch_size']}, "
+        f"encoder: MLVICX's pyramid, or a ViT's token maps at three depths), AdamW lr 1e-3, batch {cfg['batch_size']}, "
         f"{cfg['steps']} optimiser steps per run whatever the fraction (epochs = steps / batches per epoch), "
         "validation Dice on the 21 frontal val images picks the checkpoint. The label fraction is a patient-level "
         "subset of the 138 frontal train images, drawn with the run's seed (so seeds differ in images and init). "
