@@ -37,7 +37,7 @@ def test_compare_report_reads_evaluation_outputs(repo_root, tmp_path):
              .splitlines() if line.startswith("| ") and not line.startswith("| method")}
     byol = [c.strip() for c in table["byol"].strip("|").split("|")]
     assert byol[1] == "0.700 ± 0.010" and byol[4] == "0.800 ± 0.000" and byol[2] == "—"
-    assert byol[9] == "0.810" and byol[10] == "0.930" and byol[11] == "0.850"  # Dice: mean of the 10 % seeds only
+    assert byol[9] == "0.810" and byol[10] == "0.930" and byol[11] == "0.850 ± 0.071 (n=2)"  # Dice: the 10 % seeds only
     assert byol[13] == "1234"
     assert "0.900 ± 0.020" in table["supervised"]
     assert "not pretrained yet" in table["mae"]
