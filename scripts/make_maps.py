@@ -1,6 +1,6 @@
 """Maps of pretrained encoders on real test chest X-rays, method by method and side by side.
 
-For every pretraining run under ``runs/pretrain/<name>/`` with a ``model.pt`` (or runs given with
+For every pretraining run under ``--runs-dir`` (default ``runs/pretrain/<name>/``) with a ``model.pt`` (or runs given with
 ``--run name=method:path``), the embedder is rebuilt from the pretraining bundle's ``train.yaml`` merged with
 ``configs/methods/<method>.yaml`` at the run's image size (``dissect_monai.networks.presets``), its weights loaded
 strictly (``weights_only=True``), and
@@ -191,16 +191,19 @@ def main(argv: list[str] | None = None) -> int:
     record = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "runs": results,
               "images": images_used}
     (out / "maps.json").write_text(json.dumps(record, indent=2))
-    (out / "README.md").write_text(markdown(results, images_used, args.typical_images))
+    runs_dir = args.runs_dir.resolve()
+    shown = runs_dir.relative_to(REPO) if runs_dir.is_relative_to(REPO) else runs_dir
+    source = "the `--run` arguments" if args.run else f"`{shown}/`"
+    (out / "README.md").write_text(markdown(results, images_used, args.typical_images, source))
     print(f"wrote {out}", flush=True)
     return 0
 
 
-def markdown(results: dict[str, dict], images: dict[int, list[dict]], typical_images: int) -> str:
+def markdown(results: dict[str, dict], images: dict[int, list[dict]], typical_images: int, source: str) -> str:
     lines = [
         "# Maps of the pretrained encoders",
         "",
-        "Made by `scripts/make_maps.py` from the checkpoints under `runs/pretrain/` on real NIH test images",
+        f"Made by `scripts/make_maps.py` from the checkpoints of {source} on real NIH test images",
         "(never seen in pretraining). Per method: `<run>.png` (image with the anchor patch, cosine similarity",
         "of every patch to it, PCA of patch features as RGB, and for ViTs the last layer's per-head attention);",
         "for DiSSECT also `<run>_codes.png` (code index per scale, one colour per code) and",
