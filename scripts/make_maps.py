@@ -1,7 +1,7 @@
 """Maps of pretrained encoders on real test chest X-rays, method by method and side by side.
 
-For every pretraining run under ``--runs-dir`` (default ``runs/pretrain/<name>/``) with a ``model.pt`` (or runs given with
-``--run name=method:path``), the embedder is rebuilt from the pretraining bundle's ``train.yaml`` merged with
+For every pretraining run ``<name>/`` under ``--runs-dir`` (default ``runs/pretrain``) with a ``model.pt`` (or runs
+given with ``--run name=method:path``), the embedder is rebuilt from the pretraining bundle's ``train.yaml`` merged with
 ``configs/methods/<method>.yaml`` at the run's image size (``dissect_monai.networks.presets``), its weights loaded
 strictly (``weights_only=True``), and
 for a few NIH test images (pneumonia and no finding, AP and PA) the script draws:
