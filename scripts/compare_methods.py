@@ -206,11 +206,12 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, bench in zip(axes, ("nih", "kermany")):
-        for r in rows:
+        for i, r in enumerate(rows):  # one colour per row; the reference rows dashed
             points = [(float(f) * 100, r["auc"][bench][f]["mean"]) for f in FRACTIONS
                       if r["auc"][bench][f] and r["auc"][bench][f].get("mean") is not None]
             if points:
-                ax.plot(*zip(*points), marker="o", label=r["name"])
+                ax.plot(*zip(*points), marker="o", label=r["name"], color=plt.cm.tab20(i % 20),
+                        linestyle="--" if r["name"] in ("random", "supervised") else "-")
         ax.set_xscale("log")
         ax.set_xlabel("labelled fraction of train (%)")
         ax.set_ylabel("test ROC AUC (frozen linear probe)")
