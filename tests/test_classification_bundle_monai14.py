@@ -6,7 +6,6 @@ SIIM CR DICOM, verify_net_in_out and TorchScript export. Skipped when that envir
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -15,30 +14,14 @@ import torch
 
 from dissect_monai.networks.dissect import DiSSECTEmbedder
 
-REPO = Path(__file__).resolve().parents[1]
-PYTHON = Path(os.environ.get("MONAILABEL_VENV", REPO / ".venv-monailabel")) / "bin" / "python"
+from monai14 import PYTHON, REPO, run_bundle
+
 BUNDLE = REPO / "bundles" / "dissect_cxr_classification"
-CONFIGS = BUNDLE / "configs"
 SIIM_DICOM = "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
 QUARTER = ("$dissect_monai.data.sample_label_fraction(dissect_monai.data.dataset_datalist(@dataset_name, '{split}', "
            "@dataset_dir), 0.25, seed=0)")
 
 pytestmark = [pytest.mark.monailabel, pytest.mark.slow]
-
-
-def _bundle(command: str, configs: list[str], overrides: dict, cwd: Path) -> str:
-    files = [str(CONFIGS / c) for c in configs]
-    cmd = [str(PYTHON), "-m", "monai.bundle", command, *(["network_def"] if command != "run" else []),
-           "--config_file", files[0] if len(files) == 1 else str(files), "--meta_file", str(CONFIGS / "metadata.json")]
-    if command == "run":
-        cmd += ["--logging_file", str(CONFIGS / "logging.conf")]
-    cmd += ["--bundle_root", str(BUNDLE)]
-    for key, value in overrides.items():
-        cmd += [f"--{key}", str(value)]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout + result.stderr
 
 
 def test_bundle_trains_evaluates_infers_and_exports_on_monai_1_4(tmp_path, data_root):
@@ -51,22 +34,23 @@ def test_bundle_trains_evaluates_infers_and_exports_on_monai_1_4(tmp_path, data_
     torch.save(DiSSECTEmbedder(use_quantizer=True).state_dict(), pretrained)
     common = {"dataset_dir": data_root, "output_dir": tmp_path / "models", "log_dir": tmp_path / "runs",
               "pretrained_checkpoint": pretrained, "use_descriptor": True, "num_threads": 1}
-    _bundle("run", ["train.yaml"], {**common, "epochs": 1, "label_fraction": 0.05,
-                                    "validate#datalist": QUARTER.format(split="val")}, tmp_path)
+    run_bundle(BUNDLE, "run", ["train.yaml"], {**common, "epochs": 1, "label_fraction": 0.05,
+                                               "validate#datalist": QUARTER.format(split="val")}, tmp_path)
     model = tmp_path / "models" / "model.pt"
     assert model.is_file()
-    _bundle("run", ["train.yaml", "evaluate.yaml"], {**common, "eval_dir": tmp_path / "eval",
-                                                     "validate#datalist": QUARTER.format(split="test")}, tmp_path)
+    test_quarter = {"eval_dir": tmp_path / "eval", "validate#datalist": QUARTER.format(split="test")}
+    run_bundle(BUNDLE, "run", ["train.yaml", "evaluate.yaml"], {**common, **test_quarter}, tmp_path)
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert set(report["auc_by_view"]) == {"AP", "PA"} and 0 <= report["auc"]["pneumonia"] <= 1
 
-    _bundle("run", ["inference.yaml"], {"dataset_dir": data_root / "dicom-samples", "output_dir": tmp_path / "pred",
-                                        "ckpt_path": model, "use_descriptor": True}, tmp_path)
+    run_bundle(BUNDLE, "run", ["inference.yaml"], {"dataset_dir": data_root / "dicom-samples",
+                                                   "output_dir": tmp_path / "pred", "ckpt_path": model,
+                                                   "use_descriptor": True}, tmp_path)
     result = json.loads((tmp_path / "pred" / (Path(SIIM_DICOM).stem + ".json")).read_text())
     assert result["source"] == SIIM_DICOM
     assert list(result["probabilities"]) == ["pneumonia"] and 0 <= result["probabilities"]["pneumonia"] <= 1
 
-    _bundle("verify_net_in_out", ["inference.yaml"], {"use_descriptor": True}, tmp_path)
-    _bundle("ckpt_export", ["inference.yaml"], {"filepath": tmp_path / "model.ts", "ckpt_file": model,
-                                                "use_descriptor": True, "precision": "fp32"}, tmp_path)
+    run_bundle(BUNDLE, "verify_net_in_out", ["inference.yaml"], {"use_descriptor": True}, tmp_path)
+    run_bundle(BUNDLE, "ckpt_export", ["inference.yaml"], {"filepath": tmp_path / "model.ts", "ckpt_file": model,
+                                                           "use_descriptor": True, "precision": "fp32"}, tmp_path)
     assert (tmp_path / "model.ts").stat().st_size > 1_000_000

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from pydicom.data import get_testdata_file
 
+from monai14 import PYTHON
+
 REPO = Path(__file__).resolve().parents[1]
-PYTHON = Path(os.environ.get("MONAILABEL_VENV", REPO / ".venv-monailabel")) / "bin" / "python"
 
 pytestmark = pytest.mark.monailabel
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from monai14 import PYTHON
+
 REPO = Path(__file__).resolve().parents[1]
-PYTHON = Path(os.environ.get("MONAILABEL_VENV", REPO / ".venv-monailabel")) / "bin" / "python"
 
 pytestmark = [pytest.mark.monailabel, pytest.mark.slow]
 

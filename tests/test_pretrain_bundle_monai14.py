@@ -6,9 +6,7 @@ real CR DICOM. Skipped when that environment is absent (``bash scripts/setup_mon
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,23 +15,11 @@ import torch
 from dissect_monai.engines import load_checkpoint
 from dissect_monai.networks.dissect import DiSSECTEmbedder
 
-REPO = Path(__file__).resolve().parents[1]
-PYTHON = Path(os.environ.get("MONAILABEL_VENV", REPO / ".venv-monailabel")) / "bin" / "python"
+from monai14 import PYTHON, REPO, run_bundle
+
 BUNDLE = REPO / "bundles" / "dissect_cxr_pretrain"
 
 pytestmark = [pytest.mark.monailabel, pytest.mark.slow]
-
-
-def _run(config: str, overrides: dict, cwd: Path) -> str:
-    cmd = [str(PYTHON), "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / config),
-           "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
-           "--logging_file", str(BUNDLE / "configs" / "logging.conf"), "--bundle_root", str(BUNDLE)]
-    for key, value in overrides.items():
-        cmd += [f"--{key}", str(value)]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout + result.stderr
 
 
 def test_bundle_trains_and_embeds_on_monai_1_4(tmp_path, data_root):
@@ -43,7 +29,7 @@ def test_bundle_trains_and_embeds_on_monai_1_4(tmp_path, data_root):
                              capture_output=True, text=True, check=True).stdout.split()
     assert version[0] == "1.4.0", version
     out = tmp_path / "models"
-    _run("train.yaml", {
+    run_bundle(BUNDLE, "run", ["train.yaml"], {
         "dataset_dir": data_root, "output_dir": out, "log_dir": tmp_path / "logs", "epochs": 1, "batch_size": 4,
         "image_size": 32, "num_threads": 1, "progress_bar": True, "network_def#hidden_dim": 256,
         "train#datalist": "$dissect_monai.data.pretraining_pool(@dataset_dir)[:8]",
@@ -56,8 +42,8 @@ def test_bundle_trains_and_embeds_on_monai_1_4(tmp_path, data_root):
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     (inputs / "cr.dcm").symlink_to(sorted((data_root / "dicom-samples").glob("1.2.*.dcm"))[0])
-    _run("inference.yaml", {"dataset_dir": inputs, "output_dir": tmp_path / "emb", "ckpt_path": out / "model.pt",
-                            "image_size": 32}, tmp_path)
+    run_bundle(BUNDLE, "run", ["inference.yaml"], {"dataset_dir": inputs, "output_dir": tmp_path / "emb",
+                                                   "ckpt_path": out / "model.pt", "image_size": 32}, tmp_path)
     (record,) = [json.loads(line) for line in (tmp_path / "emb" / "index.jsonl").read_text().splitlines()]
     arrays = np.load(tmp_path / "emb" / record["output"])
     assert arrays["embedding"].shape == (512,) and np.isfinite(arrays["embedding"]).all()

@@ -28,10 +28,11 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 
 from dissect_monai.data import csv_datalist, dataset_datalist
 
+from monai14 import PYTHON as MONAI14_PYTHON
+
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "bundles"
 # MONAI Label's environment (monai 1.4.0, ignite 0.4.11): ``bash scripts/setup_monailabel_env.sh``
-MONAI14_PYTHON = Path(os.environ.get("MONAILABEL_VENV", REPO / ".venv-monailabel")) / "bin" / "python"
 
 
 @dataclass
