@@ -178,12 +178,13 @@ def build_ours(method: str, precision: str, hidden: int, projection: int, lr: fl
     import torch
 
     from dissect_monai.engines import SSLIteration
-    from dissect_monai.networks import DiSSECT
+    from dissect_monai.networks import DiSSECT, DiSSECTEmbedder, ResNetFeaturePyramid
     from dissect_monai.utils.precision import prepare_module, resolve_precision
 
     torch.manual_seed(0)
     policy = resolve_precision(precision, "cpu")
-    model = DiSSECT(depth=18, use_quantizer=(method == "dissect"), hidden_dim=hidden, projection_dim=projection)
+    embedder = DiSSECTEmbedder(ResNetFeaturePyramid(depth=18), use_quantizer=(method == "dissect"))
+    model = DiSSECT(embedder, hidden_dim=hidden, projection_dim=projection)
     model = prepare_module(model, "cpu", policy)
     optimizer = torch.optim.SGD(model.online_parameters(), lr=lr, momentum=0.9)
     iteration = SSLIteration(precision=policy)

@@ -29,11 +29,13 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from dissect_monai.networks.presets import method_names
+
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "dissect_cxr_pretrain"
 METHODS_DIR = REPO / "configs" / "methods"
-#: the method presets of configs/methods, ResNet-18 ones first
-METHODS = ("dissect", "byol", "vicreg", "coboom", "mlvicx", "mae", "ijepa", "dino", "dissect_vit")
+#: the method presets of configs/methods
+METHODS = tuple(method_names(METHODS_DIR))
 FRACTIONS = ("0.01", "0.05", "0.1", "1")
 
 

@@ -54,12 +54,14 @@ from dissect_monai.engines.evaluation import (
     roc_auc,
     roc_auc_by_group,
 )
-from dissect_monai.networks.classification import EncoderClassifier, QuantisedDescriptor
+from dissect_monai.networks.classification import EncoderClassifier
+from dissect_monai.networks.dissect import QuantisedDescriptor
 from dissect_monai.networks.presets import build_method_embedder, method_encoder, method_names
-from dissect_monai.networks.quantizer import MultiScaleQuantizer
 from dissect_monai.utils import prepare_module, resolve_precision
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+METHODS_DIR = REPO_ROOT / "configs" / "methods"
+PRETRAIN = REPO_ROOT / "bundles" / "dissect_cxr_pretrain"
 BENCHMARKS: dict[str, dict] = {
     "nih": {"dataset": "nih-cxr-pneumonia", "title": "NIH pneumonia (adults, test 206)", "group": "view"},
     "kermany": {
@@ -165,16 +167,15 @@ def fraction_indices(data: dict[str, np.ndarray], fraction: float, seed: int) ->
 def row_encoder(row: dict, args: argparse.Namespace, seed: int = 0) -> torch.nn.Module:
     """The row's method encoder as a feature pyramid (random init drawn with ``seed``, or the checkpoint's weights)."""
     torch.manual_seed(seed)
-    return method_encoder(row["method"], args.image_size, row.get("checkpoint"), overrides={"depth": args.depth})
+    return method_encoder(row["method"], args.image_size, METHODS_DIR, PRETRAIN, row.get("checkpoint"),
+                          overrides={"depth": args.depth})
 
 
 def descriptor_classifier(row: dict, args: argparse.Namespace) -> EncoderClassifier:
-    """A 1-output EncoderClassifier on the row's encoder + DiSSECT's quantised multi-scale descriptor (the
-    pretraining bundle's default quantizer, C2..C4, 512 codes x 64), both loaded from the row's checkpoint."""
-    encoder = row_encoder(row, args)
-    quantizer = MultiScaleQuantizer([encoder.out_channels[s] for s in (1, 2, 3)], num_codes=512, code_dims=64)
-    model = EncoderClassifier(encoder, num_classes=1, descriptor=QuantisedDescriptor(quantizer, scales=(1, 2, 3)))
-    return model.load_pretrained(row["checkpoint"])
+    """A 1-output EncoderClassifier on the row's encoder + DiSSECT's quantised multi-scale descriptor, both read
+    from the row's checkpoint (the quantizer's sizes and scales too)."""
+    descriptor = QuantisedDescriptor.from_checkpoint(row["checkpoint"])
+    return EncoderClassifier(row_encoder(row, args), num_classes=1, descriptor=descriptor)
 
 
 def file_fingerprint(path: str) -> str:
@@ -203,7 +204,8 @@ def row_features(
         features = extract_features(model.features, images, batch_size=128, precision=args.precision)
     else:  # the embedding the pretraining bundle ships: pooled deepest map, or the ViT's class / mean token
         torch.manual_seed(0)
-        embedder = build_method_embedder(row["method"], args.image_size, row.get("checkpoint"), {"depth": args.depth})
+        embedder = build_method_embedder(row["method"], args.image_size, METHODS_DIR, PRETRAIN, row.get("checkpoint"),
+                                         {"depth": args.depth})
         embedder = prepare_module(embedder, "cpu", args.precision).eval()
         with torch.no_grad():
             features = extract_features(embedder, images, batch_size=128, precision=args.precision)
@@ -353,7 +355,7 @@ def _budget(args: argparse.Namespace, mode: str = "finetune") -> str:
 def describe_rows(args: argparse.Namespace) -> list[dict]:
     labels = dict(item.split("=", 1) for item in args.label)
     methods = dict(item.split("=", 1) for item in args.method)
-    presets = method_names()
+    presets = method_names(METHODS_DIR)
     unknown = sorted(set(methods.values()) - set(presets))
     if unknown:
         raise SystemExit(f"unknown method preset(s) {unknown}; choose from {presets}")

@@ -38,6 +38,8 @@ from dissect_monai.networks.presets import method_names
 REPO = Path(__file__).resolve().parents[1]
 LUNG = REPO / "bundles" / "dissect_cxr_lung_segmentation"
 CT = REPO / "bundles" / "dissect_ct_segmentation"
+METHODS_DIR = REPO / "configs" / "methods"
+PRETRAIN = REPO / "bundles" / "dissect_cxr_pretrain"
 FRONTAL = ("PA", "AP", "AP Supine")
 CT_ORGANS = ("spleen", "kidney_right", "kidney_left", "liver")
 
@@ -76,7 +78,7 @@ def _summary(values: list[float]) -> dict[str, float]:
 def method_encoder_config(method: str, image_size: int, checkpoint: str | None) -> dict:
     """Bundle config of ``method``'s pretrained encoder as a feature pyramid (for ``network_def#encoder``)."""
     return {"_target_": "dissect_monai.networks.presets.method_encoder", "method": method, "image_size": image_size,
-            "checkpoint": checkpoint}
+            "methods_dir": str(METHODS_DIR), "bundle_root": str(PRETRAIN), "checkpoint": checkpoint}
 
 
 def discard_stale_run(run_dir: Path, checkpoint: str | None) -> bool:
@@ -264,7 +266,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     methods = dict(item.split("=", 1) for item in args.method)
-    presets = method_names()
+    presets = method_names(METHODS_DIR)
     unknown = sorted(set(methods.values()) - set(presets))
     if unknown:
         ap.error(f"unknown method preset(s) {unknown}; choose from {presets}")

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from monai.transforms import Compose, EnsureTyped, Resized
 
-from dissect_monai.networks.presets import METHODS_DIR, build_method_embedder
+from dissect_monai.networks.presets import build_method_embedder
 from dissect_monai.transforms import LoadMedicalImaged
 from dissect_monai.viz import (
     anchor_similarity,
@@ -47,6 +47,8 @@ from dissect_monai.viz import (
 from dissect_monai.viz import panels
 
 REPO = Path(__file__).resolve().parents[1]
+METHODS_DIR = REPO / "configs" / "methods"
+PRETRAIN = REPO / "bundles" / "dissect_cxr_pretrain"
 RANDOM_REFERENCES = {"random_resnet18": "byol", "random_vit": "mae"}
 
 
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             by_size[size] = {"images": test_images(args.data_root, args.images, size), "rows": {},
                              "typical": test_images(args.data_root, args.typical_images, size)[0]}
         images, info = by_size[size]["images"]
-        embedder = build_method_embedder(run["method"], size, run["checkpoint"])
+        embedder = build_method_embedder(run["method"], size, METHODS_DIR, PRETRAIN, run["checkpoint"])
         note = budget_note(run)
         label = f"{run['name']}\n({note.split(' - ')[0].replace(' (no pretraining)', '')})"
         with torch.no_grad():

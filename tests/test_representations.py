@@ -22,8 +22,8 @@ from dissect_monai.engines.evaluation import (
     roc_auc_by_group,
 )
 from dissect_monai.networks import ResNetFeaturePyramid
-from dissect_monai.networks.classification import EncoderClassifier, QuantisedDescriptor
-from dissect_monai.networks.dissect import DiscreteDescriptor, DiSSECTEmbedder
+from dissect_monai.networks.classification import EncoderClassifier
+from dissect_monai.networks.dissect import DiscreteDescriptor, DiSSECTEmbedder, QuantisedDescriptor
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,7 +75,7 @@ def test_linear_probe_classifier_freezes_encoder_and_batchnorm():
 def test_quantised_descriptor_matches_dissect_discrete_descriptor():
     """The classifier's descriptor = DiSSECT's fusion='none' descriptor of the quantised maps (eval mode)."""
     torch.manual_seed(0)
-    embedder = DiSSECTEmbedder(use_quantizer=True, num_codes=32).eval()
+    embedder = DiSSECTEmbedder(quantizer_args={"num_codes": 32}).eval()
     x = torch.rand(2, 1, 64, 64)
     maps = embedder.encoder(x)
     quantised, _, _ = embedder.quantizer([maps[s] for s in embedder.scales])
@@ -190,7 +190,7 @@ def test_classifier_accepts_a_collated_metatensor_batch():
 
     items = [{"image": MetaTensor(torch.rand(1, 64, 64), affine=torch.eye(4) * (i + 1))} for i in range(3)]
     batch = list_data_collate(items)["image"]
-    descriptor = QuantisedDescriptor(MultiScaleQuantizer([64, 128, 256], num_codes=16))
+    descriptor = QuantisedDescriptor(MultiScaleQuantizer([64, 128, 256], num_codes=16), scales=(1, 2, 3))
     net = EncoderClassifier(ResNetFeaturePyramid(), 1, descriptor=descriptor).eval()
     out = net(batch)
     assert out.shape == (3, 1) and not isinstance(out, MetaTensor)
@@ -202,7 +202,8 @@ def test_benchmark_script_evaluates_a_vit_method_checkpoint_with_its_own_encoder
 
     torch.manual_seed(0)
     checkpoint = tmp_path / "mae.pt"
-    torch.save(build_method_embedder("mae", 32).state_dict(), checkpoint)
+    torch.save(build_method_embedder("mae", 32, REPO / "configs" / "methods", REPO / "bundles" / "dissect_cxr_pretrain")
+               .state_dict(), checkpoint)
     script = _script()
     args = [f"vit-run={checkpoint}", "--method", "vit-run=mae", "--rows", "--benchmarks", "nih", "--fractions", "1",
             "--seeds", "0", "--image-size", "32", "--data-root", str(data_root), "--work-dir", str(tmp_path / "work"),

@@ -11,8 +11,8 @@ from monai.networks.blocks.pos_embed_utils import build_sincos_position_embeddin
 from torch import nn
 
 from dissect_monai.losses.jepa import LatentPredictionLoss
-from dissect_monai.networks.dissect import cosine_momentum
 from dissect_monai.networks.embedder import EncoderEmbedder
+from dissect_monai.networks.ssl_utils import cosine_momentum, ema_update
 from dissect_monai.networks.vit import ViTEncoder, gather_tokens, transformer_block
 
 __all__ = ["BlockMaskGenerator", "IJEPA", "JEPAPredictor"]
@@ -236,6 +236,5 @@ class IJEPA(nn.Module):
     def update_target(self, progress: float) -> float:
         """EMA of the context encoder into the target encoder (cosine momentum at ``progress``); returns it."""
         m = cosine_momentum(progress, self.base_momentum, self.final_momentum)
-        for po, pt in zip(self.encoder.parameters(), self.target_encoder.parameters()):
-            pt.mul_(m).add_(po.detach(), alpha=1.0 - m)
+        ema_update([(self.encoder, self.target_encoder)], m)
         return m
