@@ -9,6 +9,7 @@ from monai.data import MetaTensor
 from torch import nn
 
 from dissect_monai.networks.encoders import load_pretrained_encoder
+from dissect_monai.networks.ssl_utils import global_pool
 from dissect_monai.utils.precision import resolve_precision
 
 __all__ = ["EncoderClassifier"]
@@ -61,7 +62,6 @@ class EncoderClassifier(nn.Module):
         self.freeze_encoder = freeze_encoder
         self.num_classes = num_classes
         self.feature_dim: int = int(encoder.feature_dim) + (int(descriptor.out_dim) if descriptor is not None else 0)
-        self.pool = nn.AdaptiveAvgPool2d(1) if _spatial_dims(encoder) == 2 else nn.AdaptiveAvgPool3d(1)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.feature_dim, num_classes)
         if freeze_encoder:
@@ -121,7 +121,7 @@ class EncoderClassifier(nn.Module):
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         maps = self.encoder(x)
-        feat = torch.flatten(self.pool(maps[-1]), 1)
+        feat = global_pool(maps[-1])
         if self.descriptor is not None:
             feat = torch.cat([feat.float(), self.descriptor(maps).float()], dim=1)
         return feat.float()
@@ -141,8 +141,3 @@ class EncoderClassifier(nn.Module):
         if backbone:
             groups.append({"params": backbone, "lr": encoder_lr})
         return groups
-
-
-def _spatial_dims(encoder: nn.Module) -> int:
-    """2 or 3: from the encoder's ``spatial_dims`` attribute, else 2."""
-    return int(getattr(encoder, "spatial_dims", 2))
