@@ -10,6 +10,8 @@ import torch
 from monai.networks.nets.resnet import ResNet, ResNetBlock, ResNetBottleneck, get_inplanes
 from torch import nn
 
+from dissect_monai.networks.ssl_utils import global_pool
+
 __all__ = [
     "RESNET_LAYERS", "ResNetFeaturePyramid", "load_pretrained_encoder", "PretrainedWeightsError", "state_dicts_in"
 ]
@@ -116,7 +118,7 @@ class ResNetFeaturePyramid(ResNet):
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """Global average pooled deepest map, ``(B, feature_dim)``, of an input ``(B, in_channels, *spatial)``."""
-        return torch.flatten(self.avgpool(self.forward(x)[-1]), 1)
+        return global_pool(self.forward(x)[-1])
 
 
 class PretrainedWeightsError(ValueError):
