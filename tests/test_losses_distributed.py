@@ -71,8 +71,12 @@ def _rank_main(rank: int, init_file: str, out_dir: str) -> None:
             if "grad" in key or key == "dino":  # DDP averages gradients; the DINO loss is a per-sample mean
                 dist.all_reduce(value)
                 value /= WORLD
-        gathered = gather_with_grad(local["v1"])
-        out["gathered_v1"] = gathered
+        out["gathered_v1"] = gather_with_grad(local["v1"])
+        # unequal batches (rank r holds r + 1 rows): rows in rank order, each rank gets the summed gradient of its own
+        rows = torch.full((rank + 1, 2), float(rank + 1), requires_grad=True)
+        gathered = gather_with_grad(rows)
+        (gathered * torch.arange(1.0, 4.0).unsqueeze(1)).sum().backward()
+        out.update(unequal=gathered.detach(), unequal_grad=rows.grad)
         torch.save(out, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -84,6 +88,10 @@ def test_two_ranks_of_b_equal_one_process_of_2b(tmp_path) -> None:
     for rank in range(WORLD):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         torch.testing.assert_close(got.pop("gathered_v1"), _batch()["v1"], rtol=0, atol=0)
+        torch.testing.assert_close(got.pop("unequal"), torch.tensor([[1.0, 1.0], [2.0, 2.0], [2.0, 2.0]]))
+        # d/d rows of sum_i w_i * gathered_i, w = (1, 2, 3), summed over the 2 ranks' identical losses
+        expected_grad = torch.tensor([[2.0, 2.0]]) if rank == 0 else torch.tensor([[4.0, 4.0], [6.0, 6.0]])
+        torch.testing.assert_close(got.pop("unequal_grad"), expected_grad)
         assert set(got) == set(reference)
         for key, value in reference.items():
             torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-6, msg=f"rank {rank}: {key}")

@@ -1,4 +1,5 @@
-"""Heads of the SSL methods: projector / predictor / expander MLPs and DINO's prototype head."""
+"""Heads of the SSL methods: projector / predictor / expander MLPs, DINO's prototype head, the MAE decoder and the
+I-JEPA predictor."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 from torch import nn
 
-__all__ = ["DINOHead", "MLPHead"]
+from dissect_monai.networks.vit import ViTEncoder, gather_tokens, transformer_block
+
+__all__ = ["DINOHead", "JEPAPredictor", "MAEDecoder", "MLPHead"]
 
 
 class MLPHead(nn.Module):
@@ -84,3 +88,103 @@ class DINOHead(nn.Module):
         """``(B, in_dim)`` -> logits ``(B, out_dim)``."""
         x = F.normalize(self.mlp(x), dim=-1)
         return F.linear(x, F.normalize(self.prototypes, dim=-1))
+
+
+class MAEDecoder(nn.Module):
+    """MAE's light decoder: visible tokens plus a shared mask token at every hidden position -> pixels per patch.
+
+    The encoded visible tokens (and any prefix token) are projected to ``decoder_dim``, the mask token fills the
+    hidden positions, the sequence is put back in grid order and gets fixed sin-cos positions; after the blocks a
+    linear layer predicts the ``in_channels * prod(patch_size)`` pixels of every patch.
+
+    Args:
+        encoder: the :class:`ViTEncoder` whose tokens are decoded (grid, width, prefix tokens, patch size).
+        decoder_dim: token size of the decoder (narrower than the encoder).
+        depth: decoder blocks.
+        num_heads: decoder attention heads.
+    """
+
+    def __init__(self, encoder: ViTEncoder, decoder_dim: int = 128, depth: int = 2, num_heads: int = 4) -> None:
+        super().__init__()
+        patch_pixels = encoder.in_channels
+        for p in encoder.patch_size:
+            patch_pixels *= p
+        self.num_patches = encoder.num_patches
+        self.num_prefix_tokens = encoder.num_prefix_tokens
+        self.embed = nn.Linear(encoder.feature_dim, decoder_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.pos_embed = build_sincos_position_embedding(encoder.grid_size, decoder_dim, encoder.spatial_dims)
+        self.blocks = nn.ModuleList([transformer_block(decoder_dim, 4 * decoder_dim, num_heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(decoder_dim)
+        self.predict = nn.Linear(decoder_dim, patch_pixels)
+
+    def forward(self, latent: torch.Tensor, restore_index: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            latent: encoded tokens ``(B, prefix + K, D)``: prefix tokens, then the K visible patches.
+            restore_index: ``(B, N)`` position of each grid patch in the ``[visible, masked]`` order.
+
+        Returns:
+            predicted patches ``(B, N, P)`` in grid order.
+        """
+        b = latent.shape[0]
+        tokens = self.embed(latent)
+        prefix, visible = tokens[:, : self.num_prefix_tokens], tokens[:, self.num_prefix_tokens:]
+        n_masked = self.num_patches - visible.shape[1]
+        full = torch.cat([visible, self.mask_token.to(visible.dtype).expand(b, n_masked, -1)], dim=1)
+        full = gather_tokens(full, restore_index) + self.pos_embed.to(full.dtype)
+        x = torch.cat([prefix, full], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return self.predict(self.norm(x))[:, self.num_prefix_tokens:]
+
+
+class JEPAPredictor(nn.Module):
+    """Narrow transformer that predicts target-token features from context tokens and target positions.
+
+    Context tokens (encoder width) are projected to ``predictor_dim`` and get their positional embedding;
+    each target position is a shared learnable mask token plus its positional embedding. After the
+    blocks, the target tokens are projected back to the encoder width.
+
+    Args:
+        grid_size: patch grid.
+        encoder_dim: token size D of the encoder.
+        predictor_dim: token size of the predictor (narrower than D).
+        depth: predictor blocks.
+        num_heads: predictor attention heads.
+    """
+
+    def __init__(
+        self, grid_size: Sequence[int], encoder_dim: int, predictor_dim: int = 96, depth: int = 3, num_heads: int = 4
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Linear(encoder_dim, predictor_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, predictor_dim))
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.pos_embed = build_sincos_position_embedding(tuple(grid_size), predictor_dim, len(grid_size))
+        self.blocks = nn.ModuleList(
+            [transformer_block(predictor_dim, 4 * predictor_dim, num_heads) for _ in range(depth)]
+        )
+        self.norm = nn.LayerNorm(predictor_dim)
+        self.project = nn.Linear(predictor_dim, encoder_dim)
+
+    def forward(self, context: torch.Tensor, context_index: torch.Tensor, target_index: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            context: encoded context tokens ``(B, Kc, D)``.
+            context_index: their grid positions ``(B, Kc)``.
+            target_index: grid positions to predict ``(B, Kt)``.
+
+        Returns:
+            predicted target features ``(B, Kt, D)``.
+        """
+        b = context.shape[0]
+        pos = self.pos_embed.expand(b, -1, -1)
+        x = self.embed(context)
+        x = x + gather_tokens(pos, context_index).to(x.dtype)
+        queries = self.mask_token.to(x.dtype) + gather_tokens(pos, target_index).to(x.dtype)
+        x = torch.cat([x, queries.expand(b, -1, -1)], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return self.project(self.norm(x[:, context.shape[1]:]))

@@ -27,23 +27,24 @@ class _GatherWithGrad(torch.autograd.Function):
         sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(dist.get_world_size())]
         dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
         counts = [int(n) for n in sizes]
-        if len(set(counts)) != 1:
-            raise ValueError(f"gather_with_grad needs the same batch size on every rank, got {counts}")
-        parts = [torch.empty_like(x) for _ in counts]
-        dist.all_gather(parts, x.contiguous())
-        ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
-        return torch.cat(parts)
+        padded = x.new_zeros((max(counts), *x.shape[1:]))
+        padded[: x.shape[0]] = x
+        parts = [torch.empty_like(padded) for _ in counts]
+        dist.all_gather(parts, padded)
+        rank = dist.get_rank()
+        ctx.start, ctx.stop = sum(counts[:rank]), sum(counts[: rank + 1])
+        return torch.cat([part[:n] for part, n in zip(parts, counts)])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         grad = grad.contiguous()
         dist.all_reduce(grad)
-        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+        return grad[ctx.start:ctx.stop]
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Every rank's ``x`` ``(B, *)`` concatenated in rank order, ``(W * B, *)``, differentiable; ``x`` itself
-    outside a multi-rank process group. Batch sizes must be equal on all ranks (a clear error otherwise)."""
+    """Every rank's ``x`` ``(B_r, *)`` concatenated in rank order, ``(sum B_r, *)``, differentiable; ``x`` itself
+    outside a multi-rank process group. Ranks may hold different batch sizes."""
     return _GatherWithGrad.apply(x) if is_distributed() else x
 
 
