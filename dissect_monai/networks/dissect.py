@@ -207,7 +207,7 @@ class QuantisedDescriptor(nn.Module):
 class DiscreteDescriptor(nn.Module):
     """One vector per image from the quantised maps, optionally fused with the continuous deepest map.
 
-    ``fusion``: ``"none"`` -> concatenated average-pooled quantised maps, ``(B, sum(code_dims))``;
+    ``fusion``: ``"none"`` -> :func:`pooled_codes` (the average-pooled quantised maps), ``(B, sum(code_dims))``;
     ``"concat"`` -> that plus the pooled continuous map, ``(B, sum(code_dims) + feature_dim)``;
     ``"cross_attention"`` -> multi-head attention with queries = quantised positions of every scale and
     keys/values = positions of the continuous map (tokens are spatial positions), residual + LayerNorm,
