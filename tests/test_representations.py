@@ -23,7 +23,8 @@ from dissect_monai.engines.evaluation import (
 )
 from dissect_monai.networks import ResNetFeaturePyramid
 from dissect_monai.networks.classification import EncoderClassifier
-from dissect_monai.networks.dissect import DiscreteDescriptor, DiSSECTEmbedder, QuantisedDescriptor
+from dissect_monai.networks.dissect import DiSSECTEmbedder, QuantisedDescriptor
+from dissect_monai.networks.heads import DiscreteDescriptor
 
 REPO = Path(__file__).resolve().parents[1]
 

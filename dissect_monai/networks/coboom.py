@@ -16,10 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dissect_monai.losses.byol import BYOLLoss
-from dissect_monai.networks.dissect import DiscreteDescriptor
 from dissect_monai.networks.embedder import EncoderEmbedder
 from dissect_monai.networks.encoders import ResNetFeaturePyramid
-from dissect_monai.networks.heads import MLPHead
+from dissect_monai.networks.heads import DiscreteDescriptor, MLPHead
 from dissect_monai.networks.quantizer import MultiScaleQuantizer
 from dissect_monai.networks.ssl_utils import cosine_momentum, ema_update, global_pool
 

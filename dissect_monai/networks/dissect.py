@@ -15,31 +15,14 @@ from torch import nn
 from dissect_monai.losses.byol import BYOLLoss
 from dissect_monai.losses.code_consistency import CodeConsistencyLoss
 from dissect_monai.networks.encoders import PretrainedWeightsError, ResNetFeaturePyramid, state_dicts_in
-from dissect_monai.networks.heads import MLPHead
+from dissect_monai.networks.heads import DiscreteDescriptor, MLPHead
 from dissect_monai.networks.quantizer import MultiScaleQuantizer
-from dissect_monai.networks.ssl_utils import cosine_momentum, ema_update, global_pool
+from dissect_monai.networks.ssl_utils import cosine_momentum, ema_update, global_pool, pooled_codes
 
-__all__ = [
-    "STAGE_NAMES",
-    "FUSIONS",
-    "DiSSECTEmbedder",
-    "DiscreteDescriptor",
-    "DiSSECT",
-    "QuantisedDescriptor",
-    "load_pretrained_quantizer",
-    "pooled_codes",
-]
+__all__ = ["STAGE_NAMES", "DiSSECTEmbedder", "DiSSECT", "QuantisedDescriptor", "load_pretrained_quantizer"]
 
 #: names of the five maps of :class:`ResNetFeaturePyramid` (index 1 = C2 at 1/4 ... index 4 = C5 at 1/32).
 STAGE_NAMES: tuple[str, ...] = ("stem", "c2", "c3", "c4", "c5")
-#: ways to combine the discrete descriptor with the continuous feature before the discrete head.
-FUSIONS: tuple[str, ...] = ("none", "concat", "cross_attention")
-
-
-def pooled_codes(quantised: list[torch.Tensor]) -> torch.Tensor:
-    """DiSSECT's pooled-code descriptor: each quantised map ``(B, D_i, *S_i)`` averaged over positions, concatenated,
-    ``(B, sum(D_i))``. TorchScript-able."""
-    return torch.cat([global_pool(q) for q in quantised], dim=1)
 
 
 class DiSSECTEmbedder(nn.Module):
@@ -202,56 +185,6 @@ class QuantisedDescriptor(nn.Module):
             codes.append(torch.movedim(codebook.lookup(indices[i]), -1, 1))  # (B, D, *S), channels-last strides
             i += 1
         return pooled_codes(codes)
-
-
-class DiscreteDescriptor(nn.Module):
-    """One vector per image from the quantised maps, optionally fused with the continuous deepest map.
-
-    ``fusion``: ``"none"`` -> :func:`pooled_codes` (the average-pooled quantised maps), ``(B, sum(code_dims))``;
-    ``"concat"`` -> that plus the pooled continuous map, ``(B, sum(code_dims) + feature_dim)``;
-    ``"cross_attention"`` -> multi-head attention with queries = quantised positions of every scale and
-    keys/values = positions of the continuous map (tokens are spatial positions), residual + LayerNorm,
-    averaged over queries, ``(B, fusion_dim)``.
-    """
-
-    def __init__(
-        self,
-        code_dims: Sequence[int],
-        feature_dim: int,
-        fusion: str = "none",
-        fusion_dim: int = 256,
-        fusion_heads: int = 8,
-    ) -> None:
-        super().__init__()
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}.")
-        self.fusion = fusion
-        if fusion == "cross_attention":
-            self.query_proj = nn.ModuleList([nn.Linear(d, fusion_dim) for d in code_dims])
-            self.key_proj = nn.Linear(feature_dim, fusion_dim)
-            self.attention = nn.MultiheadAttention(fusion_dim, fusion_heads, batch_first=True)
-            self.norm = nn.LayerNorm(fusion_dim)
-            self.out_dim = fusion_dim
-        else:
-            self.out_dim = sum(code_dims) + (feature_dim if fusion == "concat" else 0)
-
-    def forward(self, quantised: Sequence[torch.Tensor], continuous: torch.Tensor) -> torch.Tensor:
-        """``quantised``: ``(B, D_i, *S_i)`` per scale; ``continuous``: ``(B, feature_dim, *S)``.
-
-        Returns:
-            ``(B, out_dim)``.
-        """
-        if self.fusion == "cross_attention":
-            queries = torch.cat(
-                [proj(q.flatten(2).transpose(1, 2)) for proj, q in zip(self.query_proj, quantised)], dim=1
-            )  # (B, sum N_i, F): one token per spatial position
-            keys = self.key_proj(continuous.flatten(2).transpose(1, 2))  # (B, M, F)
-            attended, _ = self.attention(queries, keys, keys, need_weights=False)
-            return self.norm(queries + attended).mean(dim=1)
-        pooled = pooled_codes(list(quantised))
-        if self.fusion == "concat":
-            return torch.cat([pooled, global_pool(continuous)], dim=1)
-        return pooled
 
 
 class DiSSECT(nn.Module):

@@ -1,5 +1,5 @@
-"""Heads of the SSL methods: projector / predictor / expander MLPs, DINO's prototype head, the MAE decoder and the
-I-JEPA predictor."""
+"""Heads of the SSL methods: projector / predictor / expander MLPs, the discrete descriptor with its fusions
+(DiSSECT, CoBooM's DiversiFuse), DINO's prototype head, the MAE decoder and the I-JEPA predictor."""
 
 from __future__ import annotations
 
@@ -10,9 +10,13 @@ import torch.nn.functional as F
 from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 from torch import nn
 
+from dissect_monai.networks.ssl_utils import global_pool, pooled_codes
 from dissect_monai.networks.vit import ViTEncoder, gather_tokens, transformer_block
 
-__all__ = ["DINOHead", "JEPAPredictor", "MAEDecoder", "MLPHead"]
+__all__ = ["FUSIONS", "DINOHead", "DiscreteDescriptor", "JEPAPredictor", "MAEDecoder", "MLPHead"]
+
+#: ways to combine the discrete descriptor with the continuous feature before the discrete head.
+FUSIONS: tuple[str, ...] = ("none", "concat", "cross_attention")
 
 
 class MLPHead(nn.Module):
@@ -188,3 +192,53 @@ class JEPAPredictor(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.project(self.norm(x[:, context.shape[1]:]))
+
+
+class DiscreteDescriptor(nn.Module):
+    """One vector per image from the quantised maps, optionally fused with the continuous deepest map.
+
+    ``fusion``: ``"none"`` -> :func:`pooled_codes` (the average-pooled quantised maps), ``(B, sum(code_dims))``;
+    ``"concat"`` -> that plus the pooled continuous map, ``(B, sum(code_dims) + feature_dim)``;
+    ``"cross_attention"`` -> multi-head attention with queries = quantised positions of every scale and
+    keys/values = positions of the continuous map (tokens are spatial positions), residual + LayerNorm,
+    averaged over queries, ``(B, fusion_dim)``.
+    """
+
+    def __init__(
+        self,
+        code_dims: Sequence[int],
+        feature_dim: int,
+        fusion: str = "none",
+        fusion_dim: int = 256,
+        fusion_heads: int = 8,
+    ) -> None:
+        super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}.")
+        self.fusion = fusion
+        if fusion == "cross_attention":
+            self.query_proj = nn.ModuleList([nn.Linear(d, fusion_dim) for d in code_dims])
+            self.key_proj = nn.Linear(feature_dim, fusion_dim)
+            self.attention = nn.MultiheadAttention(fusion_dim, fusion_heads, batch_first=True)
+            self.norm = nn.LayerNorm(fusion_dim)
+            self.out_dim = fusion_dim
+        else:
+            self.out_dim = sum(code_dims) + (feature_dim if fusion == "concat" else 0)
+
+    def forward(self, quantised: Sequence[torch.Tensor], continuous: torch.Tensor) -> torch.Tensor:
+        """``quantised``: ``(B, D_i, *S_i)`` per scale; ``continuous``: ``(B, feature_dim, *S)``.
+
+        Returns:
+            ``(B, out_dim)``.
+        """
+        if self.fusion == "cross_attention":
+            queries = torch.cat(
+                [proj(q.flatten(2).transpose(1, 2)) for proj, q in zip(self.query_proj, quantised)], dim=1
+            )  # (B, sum N_i, F): one token per spatial position
+            keys = self.key_proj(continuous.flatten(2).transpose(1, 2))  # (B, M, F)
+            attended, _ = self.attention(queries, keys, keys, need_weights=False)
+            return self.norm(queries + attended).mean(dim=1)
+        pooled = pooled_codes(list(quantised))
+        if self.fusion == "concat":
+            return torch.cat([pooled, global_pool(continuous)], dim=1)
+        return pooled

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-__all__ = ["cosine_momentum", "ema_update", "global_pool"]
+__all__ = ["cosine_momentum", "ema_update", "global_pool", "pooled_codes"]
 
 
 def cosine_momentum(progress: float, base: float = 0.996, final: float = 1.0) -> float:
@@ -48,3 +48,9 @@ def global_pool(feature_map: torch.Tensor) -> torch.Tensor:
     if feature_map.stride(1) == 1:
         return torch.movedim(feature_map, 1, -1).reshape(feature_map.shape[0], -1, feature_map.shape[1]).mean(dim=1)
     return feature_map.flatten(2).mean(dim=2)
+
+
+def pooled_codes(quantised: list[torch.Tensor]) -> torch.Tensor:
+    """DiSSECT's pooled-code descriptor: each quantised map ``(B, D_i, *S_i)`` averaged over positions, concatenated,
+    ``(B, sum(D_i))``. TorchScript-able."""
+    return torch.cat([global_pool(q) for q in quantised], dim=1)
