@@ -244,3 +244,14 @@ def test_a_checkpoint_without_quantizer_is_a_clear_error(tmp_path) -> None:
         load_pretrained_quantizer(tmp_path / "byol.pt")
     with pytest.raises(ValueError, match="no checkpoint"):
         QuantisedDescriptor.from_checkpoint(None)
+
+
+def test_embedder_quantises_a_3d_vit_token_pyramid_with_3d_projections() -> None:
+    from dissect_monai.networks.vit import ViTEncoder, ViTTokenPyramid
+
+    vit = ViTEncoder(img_size=16, patch_size=8, hidden_size=24, mlp_dim=32, num_layers=3, num_heads=2,
+                     spatial_dims=3, class_token=False)
+    embedder = DiSSECTEmbedder(ViTTokenPyramid(vit), scales=(0, 2), quantizer_args=SMALL_QUANTIZER).eval()
+    assert all(isinstance(p, torch.nn.Conv3d) for p in embedder.quantizer.projections)
+    codes = embedder.encode(torch.rand(2, 1, 16, 16, 16))
+    assert codes["codes_block1"].shape == (2, 2, 2, 2) and codes["codes_block3"].shape == (2, 2, 2, 2)
