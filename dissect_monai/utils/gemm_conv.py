@@ -16,10 +16,11 @@ tuned for large maps. Written as ``im2col`` + one matrix product, the same convo
 :class:`GemmConv2d` / :class:`GemmConv3d` are drop-in subclasses of :class:`torch.nn.Conv2d` /
 :class:`torch.nn.Conv3d` (same parameters, same ``state_dict`` keys). At the first call with a given input
 shape, each times its configuration both ways (the stock ``F.conv*`` and the GEMM, forward and, when
-gradients are needed, backward) and caches the faster, like ``torch.backends.cudnn.benchmark``; layers of
-the same configuration and input shape share one decision. The GEMM path runs only on CPU tensors in bf16
-(under CPU bf16 autocast or with bf16 inputs), for ``groups == 1``, ``dilation == 1``, integer zero
-padding; everything else (fp32, CUDA, other configurations) runs the stock convolution unchanged.
+gradients are needed, backward; least process CPU time of a few calls) and caches the faster, like
+``torch.backends.cudnn.benchmark``; layers of the same configuration and input shape share one decision.
+The GEMM path runs only on CPU tensors in bf16 (under CPU bf16 autocast or with bf16 inputs), for
+``groups == 1``, ``dilation == 1``, integer zero padding; everything else (fp32, CUDA, other
+configurations) runs the stock convolution unchanged.
 :func:`convert_to_gemm_conv` swaps them into a network in place of its ``Conv2d`` / ``Conv3d`` layers.
 """
 
@@ -51,11 +52,13 @@ _TIMING_REPEATS = 3
 _CHOICES: dict[tuple, bool] = {}
 
 
-def _output_size(size: Sequence[int], kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int]) -> list[int]:
+def _output_size(size: Sequence[int], kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int]) -> list:
     return [(s + 2 * p - k) // st + 1 for s, k, st, p in zip(size, kernel, stride, padding)]
 
 
-def _window_rows(x: torch.Tensor, kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int]) -> torch.Tensor:
+def _window_rows(
+    x: torch.Tensor, kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int]
+) -> torch.Tensor:
     """``im2col``: ``(B, C, *S)`` -> ``(B * prod(S_out), prod(K) * C)``, rows ordered (b, *out), columns (*k, c)."""
     b, c, *size = x.shape
     d = len(size)
@@ -68,7 +71,7 @@ def _window_rows(x: torch.Tensor, kernel: Sequence[int], stride: Sequence[int], 
     out = _output_size(size, kernel, stride, padding)
     st = padded.stride()
     windows = padded.as_strided(
-        (b, *out, *kernel, c), (st[0], *(st[1 + i] * stride[i] for i in range(d)), *st[1 : 1 + d], st[-1])
+        (b, *out, *kernel, c), (st[0], *(st[1 + i] * stride[i] for i in range(d)), *st[1:1 + d], st[-1])
     )
     return windows.reshape(b * math.prod(out), math.prod(kernel) * c)
 
@@ -174,13 +177,16 @@ def clear_gemm_conv_choices() -> None:
     _CHOICES.clear()
 
 
-def _seconds(run) -> float:
-    run()  # warm-up: oneDNN primitive creation, first touch of the buffers
+def _cpu_seconds(run) -> float:
+    """Least process CPU time of ``_TIMING_REPEATS`` calls of ``run`` after a warm-up (oneDNN primitive
+    creation, first touch of the buffers); CPU time, so time the process spent preempted by other jobs on a
+    shared machine does not count."""
+    run()
     best = math.inf
     for _ in range(_TIMING_REPEATS):
-        start = time.perf_counter()
+        start = time.process_time()
         run()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, time.process_time() - start)
     return best
 
 
@@ -200,7 +206,9 @@ class _GemmConvMixin:
             return torch.bfloat16
         return x.dtype
 
-    def _use_gemm(self, x: torch.Tensor) -> bool:
+    def uses_gemm(self, x: torch.Tensor) -> bool:
+        """Whether a call with ``x`` (in the current autocast and grad mode) runs the GEMM path; the first call
+        with a new shape times both paths."""
         if x.device.type != "cpu" or self._compute_dtype(x) != torch.bfloat16 or not self._gemm_supported():
             return False
         grad = torch.is_grad_enabled()
@@ -230,12 +238,12 @@ class _GemmConvMixin:
 
             return step
 
-        gemm = _seconds(run(lambda: conv_gemm(xi, w, b, self.stride, self.padding)))
-        reference = _seconds(run(lambda: stock(xi, w, b, self.stride, self.padding)))
+        gemm = _cpu_seconds(run(lambda: conv_gemm(xi, w, b, self.stride, self.padding)))
+        reference = _cpu_seconds(run(lambda: stock(xi, w, b, self.stride, self.padding)))
         return gemm < reference
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._use_gemm(x):
+        if self.uses_gemm(x):
             return conv_gemm(x, self.weight, self.bias, self.stride, self.padding)
         return super().forward(x)  # type: ignore[misc]
 

@@ -18,7 +18,7 @@ import torch
 
 from dissect_monai.utils.gemm_conv import convert_to_gemm_conv
 
-__all__ = ["PrecisionPolicy", "cpu_supports_bf16", "resolve_precision", "prepare_module"]
+__all__ = ["PrecisionPolicy", "cpu_has_amx", "cpu_supports_bf16", "resolve_precision", "prepare_module"]
 
 PRECISION_ENV = "DISSECT_PRECISION"
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -26,21 +26,31 @@ _MODES = ("auto", "bf16", "fp32")
 
 
 @lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
+    """The CPU feature flags of ``/proc/cpuinfo`` (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
 def cpu_supports_bf16() -> bool:
     """True when the CPU has native bf16 arithmetic (AVX512-BF16 or AMX-BF16 in ``/proc/cpuinfo``).
 
     Elsewhere (no ``/proc/cpuinfo``, older CPUs) bf16 autocast would be emulated and slower than fp32,
     so the answer is False.
     """
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return any(flag in flags for flag in _BF16_CPU_FLAGS)
-    except OSError:
-        return False
-    return False
+    return any(flag in _cpu_flags() for flag in _BF16_CPU_FLAGS)
+
+
+def cpu_has_amx() -> bool:
+    """True when the CPU has AMX bf16 tiles (``amx_bf16``), where bf16 matrix products run several times faster
+    than with AVX512-BF16 alone."""
+    return "amx_bf16" in _cpu_flags()
 
 
 @dataclass(frozen=True)
