@@ -8,10 +8,12 @@ tuned for large maps. Written as ``im2col`` + one matrix product, the same convo
   ``(B, *S_out, *K, C)`` through :meth:`torch.Tensor.as_strided` (one window per output position), made
   into the rows ``(B * prod(S_out), prod(K) * C)`` by one copy, and multiplied by the weight
   ``(prod(K) * C, O)``; the result ``(B * prod(S_out), O)`` *is* the channels-last output.
-- backward: grad weight = ``grad_out.T @ rows``; grad input = ``grad_out @ weight`` gives the gradient of
-  every window row, and a precomputed index (cached per shape) gathers, for each input position, the
-  ``prod(K)`` window entries that read it (a zero row where none does), summed over the taps: the adjoint
-  of the strided view (``col2im``) as one gather and one sum.
+- backward: grad weight = ``grad_out.T @ rows``. Grad input, at stride 1: the same ``im2col`` + GEMM on
+  the output gradient with the flipped, transposed weight (a transposed convolution); at other strides
+  and on the smallest maps,
+  ``grad_out @ weight`` gives the gradient of every window row, and a precomputed index (cached per shape)
+  gathers, for each input position, the ``prod(K)`` window entries that read it (a zero row where none
+  does), summed over the taps: the adjoint of the strided view (``col2im``) as one gather and one sum.
 
 :class:`GemmConv2d` / :class:`GemmConv3d` are drop-in subclasses of :class:`torch.nn.Conv2d` /
 :class:`torch.nn.Conv3d` (same parameters, same ``state_dict`` keys). At the first call with a given input
@@ -104,6 +106,41 @@ def _gather_index(
     return index.reshape(-1)
 
 
+def _input_grad(
+    g: torch.Tensor,
+    w: torch.Tensor,
+    batch: int,
+    channels: int,
+    size: tuple[int, ...],
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+) -> torch.Tensor:
+    """Gradient ``(B, C, *S)`` (channels-last) of the input from the output gradient rows ``g`` ``(B * prod(S_out), O)``
+    and the weight matrix ``w`` ``(O, prod(K) * C)``.
+
+    Stride 1 (padding < kernel) on maps of more positions than taps: the input gradient is the convolution
+    of the output gradient, padded by ``kernel - 1 - padding``, with the spatially flipped, transposed weight:
+    one more ``im2col`` + GEMM. Otherwise (strides, and maps so small that most of that ``im2col`` would be
+    padding, e.g. 2x2 with a 3x3 kernel, where this measured faster): ``g @ w`` gives the gradient of every
+    window row, and :func:`_gather_index` sums, for each input position, the window entries that read it.
+    """
+    o, taps, d = w.shape[0], math.prod(kernel), len(size)
+    if all(s == 1 for s in stride) and all(p < k for p, k in zip(padding, kernel)) and math.prod(size) > taps:
+        spatial = list(range(1, d + 1))
+        flipped = w.view(o, *kernel, channels).flip(spatial).permute(d + 1, *spatial, 0)  # (C, *K, O)
+        out_size = _output_size(size, kernel, stride, padding)
+        g_map = g.view(batch, *out_size, o).movedim(-1, 1)
+        rows = _window_rows(g_map, kernel, stride, [k - 1 - p for k, p in zip(kernel, padding)])
+        return (rows @ flipped.reshape(channels, taps * o).t()).view(batch, *size, channels).movedim(-1, 1)
+    window_grad = g.new_empty(g.shape[0] * taps + 1, channels)
+    torch.mm(g, w, out=window_grad[:-1].view(g.shape[0], taps * channels))
+    window_grad[-1] = 0
+    index = _gather_index(batch, size, kernel, stride, padding)
+    summed = window_grad.index_select(0, index).view(-1, taps, channels).sum(1)
+    return summed.view(batch, *size, channels).movedim(-1, 1)
+
+
 class _ConvGemm(torch.autograd.Function):
     """Convolution (groups 1, dilation 1, zero padding) with forward and backward as GEMMs on channels-last data."""
 
@@ -129,13 +166,7 @@ class _ConvGemm(torch.autograd.Function):
         g = grad.movedim(1, -1).reshape(-1, o).to(rows.dtype)  # (B * prod(S_out), O)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            taps = math.prod(kernel)
-            window_grad = g.new_empty(g.shape[0] * taps + 1, c)
-            torch.mm(g, w, out=window_grad[:-1].view(g.shape[0], taps * c))
-            window_grad[-1] = 0
-            index = _gather_index(b, size, kernel, stride, padding)
-            summed = window_grad.index_select(0, index).view(-1, taps, c).sum(1)
-            grad_x = summed.view(b, *size, c).movedim(-1, 1)
+            grad_x = _input_grad(g, w, b, c, size, kernel, stride, padding)
         if ctx.needs_input_grad[1]:
             grad_w = (g.t() @ rows).view(o, *kernel, c).movedim(-1, 1)
         if has_bias and ctx.needs_input_grad[2]:
