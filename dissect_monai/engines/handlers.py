@@ -157,27 +157,55 @@ class SSLMetricsLogger:
 
 
 class ProgressBarHandler:
-    """A tqdm progress bar over the iterations of each epoch showing the loss (rank 0 only).
+    """One tqdm bar over every iteration of the run (all epochs), showing epoch and loss (rank 0 only).
 
-    Thin wrapper that finds Ignite's ``ProgressBar`` in ``ignite.handlers`` (Ignite >= 0.5) or
-    ``ignite.contrib.handlers`` (0.4.x, as pinned by monai 1.4), so configs need not know the version.
+    The bar's total is ``max_epochs * epoch_length``, so tqdm's remaining-time estimate is the whole run's,
+    not the current epoch's; a resumed run starts the bar at the restored iteration (and its rate, hence
+    the estimate, counts only the iterations run in this process).
+
+    Args:
+        persist: keep the finished bar on screen.
+        loss_key: entry of ``engine.state.output`` shown as the loss.
+        file: stream the bar writes to (``None``: standard error).
     """
 
-    def __init__(self, persist: bool = False, loss_key: str = "loss") -> None:
+    def __init__(self, persist: bool = False, loss_key: str = "loss", file: Any = None) -> None:
         self.persist = persist
         self.loss_key = loss_key
+        self.file = file
+        self._bar: Any = None
 
     def attach(self, engine: Engine) -> None:
         if not is_main_process():
             return
-        try:
-            from ignite.handlers import ProgressBar
-        except ImportError:
-            from ignite.contrib.handlers import ProgressBar
-        key = self.loss_key
-        ProgressBar(persist=self.persist).attach(
-            engine, output_transform=lambda out: {key: float(out[key])} if isinstance(out, dict) else {}
+        engine.add_event_handler(Events.STARTED, self._open)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._advance)
+        engine.add_event_handler(Events.COMPLETED, self._close)
+        engine.add_event_handler(Events.TERMINATE, self._close)
+
+    def _open(self, engine: Engine) -> None:
+        from tqdm.auto import tqdm
+
+        state = engine.state
+        total = state.max_epochs * state.epoch_length if state.epoch_length is not None else None
+        self._bar = tqdm(
+            total=total, initial=state.iteration, unit="it", leave=self.persist, file=self.file, dynamic_ncols=True
         )
+
+    def _advance(self, engine: Engine) -> None:
+        if self._bar is None:
+            return
+        postfix = {"epoch": f"{engine.state.epoch}/{engine.state.max_epochs}"}
+        output = engine.state.output
+        if isinstance(output, dict) and self.loss_key in output:
+            postfix[self.loss_key] = f"{float(output[self.loss_key]):.4g}"
+        self._bar.set_postfix(postfix, refresh=False)
+        self._bar.update(1)
+
+    def _close(self, engine: Engine) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 class EpochSeeder:
