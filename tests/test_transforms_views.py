@@ -1,6 +1,6 @@
 """The view recipe (the pretraining bundle's ``train#views`` on its own ``train#preprocessing``) and the batched
-crops and filters of ``dissect_monai.transforms.batched``, on real chest X-rays where images matter (the MAE and
-I-JEPA masks are tested with their methods in ``test_methods_losses.py``)."""
+crops, filters and block masks of ``dissect_monai.transforms.batched``, on real chest X-rays where images matter
+(the MAE mask and the masks' use by their methods are tested in ``test_methods_losses.py``)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from scipy.ndimage import gaussian_filter
 
 from dissect_monai.transforms import RandTwoViewsd, apply_view
 from dissect_monai.transforms.batched import (
+    BlockMaskGenerator,
     adjust_gamma,
     gaussian_blur,
     random_resized_crops,
@@ -172,3 +173,19 @@ def test_random_resized_crops_cover_the_drawn_area():
     torch.testing.assert_close(height, width, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="B, C, H, W"):
         random_resized_crops(torch.rand(1, 8, 8), 4, (0.5, 1.0))
+
+
+def test_block_masks_are_rectangles_reproducible_and_fail_clearly():
+    generator = BlockMaskGenerator((8, 8), num_targets=4)
+    context, targets = generator(32, generator=torch.Generator().manual_seed(0))
+    again, targets_again = generator(32, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(context, again) and all(torch.equal(a, b) for a, b in zip(targets, targets_again))
+    for target in targets:
+        rows, cols = target // 8, target % 8
+        height = rows.amax(dim=1) - rows.amin(dim=1) + 1
+        width = cols.amax(dim=1) - cols.amin(dim=1) + 1
+        assert torch.equal(height * width, torch.full((32,), target.shape[1]))  # one full rectangle per sample
+        assert 0.1 <= target.shape[1] / 64 <= 0.3
+    assert bool((context[:, 1:] > context[:, :-1]).all())  # sorted, distinct grid positions
+    with pytest.raises(RuntimeError, match="no context"):
+        BlockMaskGenerator((4, 4), num_targets=1, target_scale=(1.0, 1.0), target_aspect=(1.0, 1.0))(2)

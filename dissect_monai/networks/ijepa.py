@@ -132,9 +132,7 @@ class IJEPA(nn.Module):
         """
         images = view1 if view2 is None else torch.cat([view1, view2], dim=0)
         b = images.shape[0]
-        context_index, target_indices = self.masks(b)
-        context_index = context_index.to(images.device)
-        target_indices = [t.to(images.device) for t in target_indices]
+        context_index, target_indices = self.masks(b, images.device)
         with torch.no_grad():
             full, _ = self.target_encoder.encode(images)
             targets = [gather_tokens(full, t) for t in target_indices]

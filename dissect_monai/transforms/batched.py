@@ -202,7 +202,7 @@ def random_patch_mask(
 
 
 class BlockMaskGenerator:
-    """Context and target blocks on a 2D patch grid, as in I-JEPA.
+    """Context and target blocks on a 2D patch grid, as in I-JEPA, drawn for a whole batch at once on its device.
 
     Per batch, one target block size (scale and aspect ratio) and one context block size are drawn; per
     sample, ``num_targets`` target blocks and one context block are placed at random positions, and the
@@ -215,7 +215,7 @@ class BlockMaskGenerator:
         target_scale: range of a target block's area as a fraction of the grid (0.15-0.2).
         target_aspect: range of a target block's aspect ratio h/w (0.75-1.5).
         context_scale: range of the context block's area (0.85-1.0).
-        min_context: fewest context patches accepted; a draw leaving fewer is redrawn (up to 20 times).
+        min_context: fewest context patches accepted; samples left with fewer are redrawn (up to 20 times).
     """
 
     def __init__(
@@ -238,49 +238,59 @@ class BlockMaskGenerator:
         self.context_scale = context_scale
         self.min_context = min_context
 
-    def _block_size(self, scale: tuple[float, float], aspect: tuple[float, float]) -> tuple[int, int]:
+    def _block_size(
+        self, scale: tuple[float, float], aspect: tuple[float, float], device: torch.device | str,
+        generator: torch.Generator | None,
+    ) -> tuple[int, int]:
         gh, gw = self.grid_size
-        area = gh * gw * float(torch.empty(1).uniform_(*scale))
-        log_aspect = torch.empty(1).uniform_(math.log(aspect[0]), math.log(aspect[1]))
-        ratio = float(torch.exp(log_aspect))
+        u_area, u_aspect = torch.rand(2, device=device, generator=generator).tolist()
+        area = gh * gw * (scale[0] + (scale[1] - scale[0]) * u_area)
+        ratio = math.exp(math.log(aspect[0]) + (math.log(aspect[1]) - math.log(aspect[0])) * u_aspect)
         h = int(round(math.sqrt(area * ratio)))
         w = int(round(math.sqrt(area / ratio)))
         return min(max(h, 1), gh), min(max(w, 1), gw)
 
-    def _place(self, size: tuple[int, int]) -> torch.Tensor:
-        """A random block of ``size`` on the grid as a flat bool mask ``(H * W,)``."""
-        gh, gw = self.grid_size
-        top = int(torch.randint(0, gh - size[0] + 1, (1,)))
-        left = int(torch.randint(0, gw - size[1] + 1, (1,)))
-        mask = torch.zeros(gh, gw, dtype=torch.bool)
-        mask[top: top + size[0], left: left + size[1]] = True
-        return mask.flatten()
+    def _blocks(
+        self, batch: int, size: tuple[int, int], device: torch.device | str, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """One block of ``size`` per sample at a random position, as flat bool masks ``(batch, H * W)``."""
+        (gh, gw), (h, w) = self.grid_size, size
+        top = torch.randint(0, gh - h + 1, (batch, 1), device=device, generator=generator)
+        left = torch.randint(0, gw - w + 1, (batch, 1), device=device, generator=generator)
+        rows, cols = torch.arange(gh, device=device), torch.arange(gw, device=device)
+        in_rows = (rows >= top) & (rows < top + h)
+        in_cols = (cols >= left) & (cols < left + w)
+        return (in_rows[:, :, None] & in_cols[:, None, :]).flatten(1)
 
-    def __call__(self, batch: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Draw masks for ``batch`` samples.
+    def _draw(
+        self, batch: int, sizes: tuple[tuple[int, int], tuple[int, int]], device: torch.device | str,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        targets = torch.stack([self._blocks(batch, sizes[0], device, generator) for _ in range(self.num_targets)])
+        context = self._blocks(batch, sizes[1], device, generator) & ~targets.any(dim=0)
+        return targets, context
+
+    def __call__(
+        self, batch: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Draw masks for ``batch`` samples on ``device`` (from ``generator``, default torch's global one).
 
         Returns:
             ``context_index`` ``(B, Kc)`` and a list of ``num_targets`` tensors ``(B, Kt)`` of flat patch indices
             (row-major grid order, the token order of :class:`ViTEncoder`); context and targets never overlap.
         """
-        target_size = self._block_size(self.target_scale, self.target_aspect)
-        context_size = self._block_size(self.context_scale, (1.0, 1.0))
-        targets: list[list[torch.Tensor]] = [[] for _ in range(self.num_targets)]
-        contexts: list[torch.Tensor] = []
-        for _ in range(batch):
-            for _attempt in range(20):
-                blocks = [self._place(target_size) for _ in range(self.num_targets)]
-                context = self._place(context_size)
-                for block in blocks:
-                    context &= ~block
-                if int(context.sum()) >= self.min_context:
-                    break
-            else:
-                raise RuntimeError(f"BlockMaskGenerator: no context of >= {self.min_context} patches left beside "
-                                   f"{self.num_targets} targets of {target_size} on grid {self.grid_size}")
-            for t, block in enumerate(blocks):
-                targets[t].append(block.nonzero().flatten())
-            contexts.append(context.nonzero().flatten())
-        keep = min(len(c) for c in contexts)
-        context_index = torch.stack([c[torch.randperm(len(c))[:keep].sort().values] for c in contexts])
-        return context_index, [torch.stack(t) for t in targets]
+        target_size = self._block_size(self.target_scale, self.target_aspect, device, generator)
+        sizes = (target_size, self._block_size(self.context_scale, (1.0, 1.0), device, generator))
+        targets, context = self._draw(batch, sizes, device, generator)
+        for _attempt in range(19):
+            short = context.sum(dim=1) < self.min_context
+            if not bool(short.any()):
+                break
+            targets[:, short], context[short] = self._draw(int(short.sum()), sizes, device, generator)
+        if bool((context.sum(dim=1) < self.min_context).any()):
+            raise RuntimeError(f"BlockMaskGenerator: no context of >= {self.min_context} patches left beside "
+                               f"{self.num_targets} targets of {target_size} on grid {self.grid_size}")
+        keep = int(context.sum(dim=1).min())
+        scores = torch.rand(context.shape, device=device, generator=generator).masked_fill(~context, -1.0)
+        context_index = scores.topk(keep, dim=1).indices.sort(dim=1).values
+        return context_index, [t.nonzero()[:, 1].view(batch, -1) for t in targets]
