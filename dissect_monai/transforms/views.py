@@ -4,8 +4,8 @@ The pretraining bundle caches each decoded image at 1.5x the training size; afte
 :class:`RandTwoViewsd` cuts two views from every cached image of the batch, on the training device, with per-sample
 random parameters: random crop (each side 40-100 % of the image) resized to ``spatial_size`` with an area-like
 filter, left-right flip, small rotation, gamma, intensity scale and shift, Gaussian blur (always on view 1,
-rarely on view 2) and Gaussian noise (view 2 only). The whole batch takes one resampling and a few filters instead
-of eighteen MONAI transforms per image, so the views cost a small fraction of a training step.
+rarely on view 2) and Gaussian noise (view 2 only). The whole batch takes one resampling and a few filters, so the
+views cost a small fraction of a training step (``scripts/benchmark_data.py``).
 """
 
 from __future__ import annotations
@@ -245,7 +245,6 @@ class RandTwoViewsd(Randomizable, MapTransform):
                     "SSLIteration's batch_transform)"
                 )
             self.randomize(images.shape[0])
-            assert self.params is not None
             supersample = supersampling_factor(images.shape[2:], self.spatial_size, self.crop_scale[1])
             out_shape = (*images.shape[:2], *self.spatial_size)
             d[key], d[f"{key}{self.suffix}"] = (
