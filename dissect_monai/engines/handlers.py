@@ -8,6 +8,7 @@ import os
 import random
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -215,14 +216,17 @@ class EpochSeeder:
     Seeds Python, NumPy and torch (which also determines the DataLoader's shuffling and worker seeds: MONAI's
     ``DataLoader`` seeds each worker's transforms from it). With ``num_workers == 0`` the dataset's random
     transforms are reseeded directly (``monai.data.utils.set_rnd``). A ``DistributedSampler`` is
-    handled by MONAI's trainer (``set_epoch``).
+    handled by MONAI's trainer (``set_epoch``). ``transforms`` run outside the DataLoader (the bundle's batched
+    views, applied by :class:`dissect_monai.engines.SSLIteration`) are reseeded the same way.
 
     Args:
         seed: base seed.
+        transforms: further random transforms (objects with ``set_random_state``) to reseed at each epoch start.
     """
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, transforms: Sequence[Any] = ()) -> None:
         self.seed = int(seed)
+        self.transforms = list(transforms)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self)
@@ -235,3 +239,4 @@ class EpochSeeder:
         loader = getattr(engine, "data_loader", None)
         if loader is not None and getattr(loader, "num_workers", 0) == 0 and hasattr(loader, "dataset"):
             set_rnd(loader.dataset, seed)
+        set_rnd(self.transforms, seed)
