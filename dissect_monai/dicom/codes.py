@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 
@@ -12,8 +13,11 @@ from pydicom.tag import Tag
 from pydicom.sr.codedict import codes
 
 import dissect_monai
+from dissect_monai.dicom.attributes import sanitised_element
 
 __all__ = ["AlgorithmInfo", "LOCAL_CODING_SCHEME", "concept_for_name", "reference_view"]
+
+logger = logging.getLogger(__name__)
 
 #: Private coding scheme (DICOM PS3.16 allows "99"-prefixed local schemes) for names without a SNOMED CT code.
 LOCAL_CODING_SCHEME = "99DISSECT"
@@ -98,17 +102,25 @@ def reference_view(ds: Dataset) -> Dataset:
 
     * an empty SOPClassUID (e.g. anonymised CT) is taken from the file meta MediaStorageSOPClassUID;
     * a projection image (no ImagePositionPatient / ImageOrientationPatient) loses PixelSpacing, which highdicom
-      would write as a Pixel Measures item without SliceThickness that highdicom 0.28 itself cannot read back.
+      would write as a Pixel Measures item without SliceThickness that highdicom 0.28 itself cannot read back;
+    * top-level values that are not valid DICOM (``PatientBirthDate = '1961-07-04'``, ``PatientSex = 'male'``,
+      over-long names) are repaired or emptied (:func:`dissect_monai.dicom.attributes.sanitised_element`), and
+      an element whose value cannot even be decoded is left out; each with a warning naming the keyword only.
 
     Raises:
         ValueError: when the SOP class cannot be determined.
     """
     view = Dataset()
     projection = not all(k in ds for k in _PLANE_GEOMETRY)
-    for element in ds:
+    for tag in list(ds.keys()):
+        try:
+            element = ds[tag]
+        except (ValueError, TypeError, OverflowError):  # e.g. DS '70kg': pydicom cannot convert the raw value
+            logger.warning("source attribute %s cannot be decoded: left out of the result", Tag(tag))
+            continue
         if element.keyword == "PixelData" or (projection and element.keyword == "PixelSpacing"):
             continue
-        view.add(element)
+        view.add(sanitised_element(element))
     if not str(view.get("SOPClassUID", "")).strip():
         meta_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "").strip()
         if not meta_class:
