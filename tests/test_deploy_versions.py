@@ -43,8 +43,8 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bundles")
-    return {kind: make_tiny_bundle(root, kind) for kind in ("cxr_classification", "cxr_lung_segmentation",
-                                                             "ct_segmentation")}
+    kinds = ("cxr_classification", "cxr_lung_segmentation", "ct_segmentation")
+    return {kind: make_tiny_bundle(root, kind) for kind in kinds}
 
 
 def _start(tmp_path: Path, pipelines: list[dict], runners: dict, **extra) -> tuple[InferenceNode, Orthanc]:
@@ -175,4 +175,3 @@ def test_job_over_time_limit_is_stopped_and_reported(tmp_path, bundles, data_roo
     assert (failed / "reason.txt").read_text().startswith("category: timeout")
     assert read_unassessed_sr(report) == {
         "AI processing": "The AI algorithm could not process this study: processing took longer than allowed."}
-

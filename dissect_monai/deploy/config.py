@@ -67,6 +67,10 @@ class PipelineConfig:
         thresholds: Present / Absent threshold, one for all findings or per finding.
         segments: segmentation label -> segment name (default: the bundle's ``channel_def`` minus label 0).
         single_instance: run on each instance separately (CR/DX) instead of on the whole series (CT/MR).
+        quality_gate: an input quality gate inside the bundle (``models/quality_gate.pt``, see
+            :class:`dissect_monai.networks.quality_gate.EmbeddingGate`); an SR pipeline then reports
+            ``not_assessed_text`` instead of probabilities for an input the gate flags.
+        not_assessed_text: what the SR says for such an input.
     """
 
     name: str
@@ -79,6 +83,8 @@ class PipelineConfig:
     thresholds: float | dict[str, float] = 0.5
     segments: dict[int, str] | None = None
     single_instance: bool = False
+    quality_gate: str | None = None
+    not_assessed_text: str = "Not assessed: the image does not look like a frontal chest radiograph"
 
 
 @dataclass

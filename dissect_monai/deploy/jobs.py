@@ -49,6 +49,7 @@ from dissect_monai.dicom import (
     AlgorithmInfo,
     build_classification_sr,
     build_unassessed_sr,
+    read_unassessed_sr,
     result_uid,
     segmentation_from_prediction,
 )
@@ -176,7 +177,8 @@ def failure_reason(err: BaseException, headers: Sequence[Dataset] = ()) -> str:
 
     MONAI wraps a failing transform as ``RuntimeError: applying transform <... object at 0x...>``; the cause is
     the innermost exception of the ``__cause__`` / ``__context__`` chain that names a file (e.g. an
-    :class:`~dissect_monai.transforms.errors.ImageLoadError`: file and problem), else the innermost one. Every top-level text attribute value of ``headers`` (patient
+    :class:`~dissect_monai.transforms.errors.ImageLoadError`: file and problem), else the innermost one. Every
+    top-level text attribute value of ``headers`` (patient
     name, ID, birth date, ...) is replaced by ``<redacted>``.
     """
     chain: list[BaseException] = []
@@ -259,13 +261,20 @@ class StudyProcessor:
                 "instance_number": version,
             }
             try:
-                pred = runner.predict(source)
+                prediction = runner.run(source)
             except Exception as err:  # noqa: BLE001 - the bundle's own error becomes the job's reason
                 raise JobError(f"pipeline {pipeline.name}: bundle failed on {Path(source).name}", "algorithm") from err
+            pred = prediction.pred
             try:
                 if pipeline.output == "sr":
                     names = pipeline.findings or runner.channel_names()
                     before = [previous[series_uid]] if series_uid in previous else None
+                    if prediction.out_of_distribution:
+                        logger.info("pipeline %s: input flagged by the quality gate: not assessed", pipeline.name)
+                        out.append(build_unassessed_sr(sources, [names[i] for i in sorted(names)],
+                                                       pipeline.not_assessed_text, algorithm,
+                                                       previous_versions=before, **identity))
+                        continue
                     out.append(
                         build_classification_sr(sources, probabilities_from_pred(pred, names), algorithm,
                                                 thresholds=pipeline.thresholds, previous_versions=before, **identity)
@@ -289,12 +298,14 @@ class StudyProcessor:
 class JobOutcome:
     """What became of a job: ``status`` is ``"processed"``, ``"failed"`` or ``"recovered"`` (its results had
     been published before a restart); ``results`` counts instances published now (a failure report included);
-    ``category`` is the failure category (a key of :data:`FAILURE_CATEGORIES`) or ``None``."""
+    ``category`` is the failure category (a key of :data:`FAILURE_CATEGORIES`) or ``None``; ``not_assessed``
+    counts SRs saying "not assessed" (inputs the quality gate flagged)."""
 
     status: str
     results: int = 0
     category: str | None = None
     version: int = 0
+    not_assessed: int = 0
 
 
 def _child(target: Callable[[], list[Dataset]], headers: Sequence[Dataset], connection) -> None:
@@ -393,7 +404,8 @@ class JobRunner:
             return JobOutcome("failed", count, failure.category, version)
         count = self.spool.complete(job, results)
         self.versions.published(study_key, version, results)
-        return JobOutcome("processed", count, None, version)
+        not_assessed = sum(1 for ds in results if ds.Modality == "SR" and read_unassessed_sr(ds))
+        return JobOutcome("processed", count, None, version, not_assessed)
 
     @staticmethod
     def _headers(series: Mapping[str, Sequence[Path]]) -> list[Dataset]:
@@ -425,4 +437,3 @@ class JobRunner:
             logger.warning("no failure report: %s", type(err).__name__)
             return []
         return [report]
-

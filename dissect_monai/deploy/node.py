@@ -39,9 +39,9 @@ _STATUS_CANNOT_UNDERSTAND = 0xC000
 class Metrics:
     """Thread-safe counters since start: received, rejected, processed, failed, sent, send_errors; and per
     failure category (``failed_<category>``, see :data:`dissect_monai.deploy.jobs.FAILURE_CATEGORIES`) with
-    ``failure_reports`` (failure SRs published)."""
+    ``failure_reports`` (failure SRs published) and ``not_assessed`` (SRs for inputs the quality gate flagged)."""
 
-    _NAMES = ("received", "rejected", "processed", "failed", "sent", "send_errors", "failure_reports",
+    _NAMES = ("received", "rejected", "processed", "failed", "sent", "send_errors", "failure_reports", "not_assessed",
               *(f"failed_{category}" for category in FAILURE_CATEGORIES))
 
     def __init__(self) -> None:
@@ -76,7 +76,8 @@ class InferenceNode:
         torch.set_num_threads(max(1, int(config.torch_threads)))
         if runners is None:
             runners = {
-                p.name: BundleRunner(p.bundle, config_file=p.config_file, model_file=p.model_file)
+                p.name: BundleRunner(p.bundle, config_file=p.config_file, model_file=p.model_file,
+                                     quality_gate_file=p.quality_gate)
                 for p in config.pipelines
             }
         self.processor = StudyProcessor(config.pipelines, runners)
@@ -211,6 +212,7 @@ class InferenceNode:
                          outcome.results)
         elif outcome.status == "processed":
             self.metrics.add("processed")
+            self.metrics.add("not_assessed", outcome.not_assessed)
             logger.info("job %s done: version %d, %d result instance(s) in %.1f s", job, outcome.version,
                         outcome.results, time.perf_counter() - started)
 

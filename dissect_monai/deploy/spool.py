@@ -12,7 +12,8 @@ Layout under the spool root (every move is an atomic ``rename`` inside one file 
 
 Late instances of a study whose job has run make a new job, which takes the earlier jobs' inputs back
 (:meth:`Spool.merge_prior_inputs`), so every job covers the whole study (see :mod:`dissect_monai.deploy.jobs`
-on result versions). A job's results appear in ``outbox/`` by one directory rename, so however often a job is restarted after a
+on result versions). A job's results appear in ``outbox/`` by one directory rename, so however often a job is
+restarted after a
 crash, at most one result set exists for it; a job found in ``processing/`` at start is finished again unless
 its results already exist. Job names are a hash of the StudyInstanceUID plus a counter: no UID, and no patient
 identifier, ever appears in a log line.

@@ -202,7 +202,8 @@ def build_unassessed_sr(
             algorithm_id=algorithm.sr_identification(),
             qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=_SUMMARY, value=_NOT_SUCCEEDED)],
         )
-        group[0].ContentSequence.append(hd.sr.TextContentItem(name=_COMMENT, value=reason, relationship_type="CONTAINS"))
+        comment = hd.sr.TextContentItem(name=_COMMENT, value=reason, relationship_type="CONTAINS")
+        group[0].ContentSequence.append(comment)
         groups.append(group)
     return _report(source_images, groups, algorithm, series_number, series_description, device_observer_uid,
                    series_instance_uid, sop_instance_uid, instance_number, previous_versions)

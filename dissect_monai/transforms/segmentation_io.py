@@ -5,7 +5,8 @@ Pillow, without MONAI's writer-side resampling (which fails on 2D label maps pro
 1.6.1).
 
 For :class:`SaveDicomSegd`, the SEG itself is built by :func:`dissect_monai.dicom.segmentation_from_prediction`
-(highdicom), the same builder the PACS node uses; the transform finds the source instances from the prediction's metadata (``filename_or_obj`` and ``SOPInstanceUID`` kept by
+(highdicom), the same builder the PACS node uses; the transform finds the source instances from the prediction's
+metadata (``filename_or_obj`` and ``SOPInstanceUID`` kept by
 :class:`dissect_monai.transforms.LoadMedicalImaged`) and writes one SEG per image. Predictions on non-DICOM
 inputs (PNG, NIfTI) are passed through untouched, so the same inference config serves every input type.
 highdicom is imported only when a SEG is written, so the transform also loads where highdicom is absent
@@ -122,7 +123,12 @@ class SaveDicomSegd(MapTransform):
             meta = self._meta(d, key)
             if not meta:
                 continue
-            from dissect_monai.dicom import AlgorithmInfo, assign_missing_uids, sanitise_uid, segmentation_from_prediction
+            from dissect_monai.dicom import (
+                AlgorithmInfo,
+                assign_missing_uids,
+                sanitise_uid,
+                segmentation_from_prediction,
+            )
 
             pred = d[key]
             labels = np.asarray(pred.detach().cpu() if isinstance(pred, MetaTensor) else pred)
@@ -145,7 +151,8 @@ class SaveDicomSegd(MapTransform):
             self.output_dir.mkdir(parents=True, exist_ok=True)
             out = self.output_dir / f"{sanitise_uid(seg.SOPInstanceUID)}.dcm"
             seg.save_as(out)
-            logger.info("wrote DICOM SEG %s (%d frames, %d segments)", out, int(seg.NumberOfFrames), len(self.segment_names))
+            logger.info("wrote DICOM SEG %s (%d frames, %d segments)", out, int(seg.NumberOfFrames),
+                        len(self.segment_names))
             d[f"{key}_dicom_seg"] = str(out)
         return d
 
