@@ -91,6 +91,16 @@ def test_results_never_fail_on_demographics(keyword, vr, raw, expected, output, 
     assert source[keyword].value == raw.decode().strip()  # the source is not modified
 
 
+def test_undecodable_element_left_out(data_root, caplog):
+    source = pydicom.dcmread(data_root / SIIM_CR)
+    tag = Tag("PixelRepresentation")
+    source._dict[tag] = RawDataElement(tag, "US", 3, b"\x01\x00\x02", 0, False, True)  # 3 bytes for a US value
+    with caplog.at_level(logging.WARNING):
+        sr = build_classification_sr([source], {"pneumonia": 0.5}, ALGORITHM)
+    assert read_classification_sr(sr) == {"pneumonia": 0.5}
+    assert "(0028,0103) cannot be decoded" in caplog.text
+
+
 def test_valid_demographics_untouched(data_root, caplog):
     source = pydicom.dcmread(data_root / SIIM_CR)
     source.PatientAge = "062Y"

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import highdicom as hd
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.errors import BytesLengthException
 from pydicom.tag import Tag
 from pydicom.sr.codedict import codes
 
@@ -115,7 +116,7 @@ def reference_view(ds: Dataset) -> Dataset:
     for tag in list(ds.keys()):
         try:
             element = ds[tag]
-        except (ValueError, TypeError, OverflowError):  # e.g. DS '70kg': pydicom cannot convert the raw value
+        except (BytesLengthException, ValueError, TypeError, OverflowError):  # e.g. a US value of 3 bytes
             logger.warning("source attribute %s cannot be decoded: left out of the result", Tag(tag))
             continue
         if element.keyword == "PixelData" or (projection and element.keyword == "PixelSpacing"):
