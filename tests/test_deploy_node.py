@@ -13,6 +13,8 @@ import numpy as np
 import pydicom
 import pytest
 import requests
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import Tag
 from deploy_helpers import (
     CR_RULES,
     CT_RULES,
@@ -232,6 +234,29 @@ def test_malformed_instances_rejected_or_failed_node_alive(node_and_pacs, data_r
     echo.release()
     for keyword in ("PatientName", "PatientID", "PatientAge"):  # attribute names may be logged, never values
         assert str(lying.get(keyword)) not in caplog.text
+
+
+def test_malformed_birth_date_still_gives_results(tmp_path, bundles, runners, data_root, caplog):
+    """PatientBirthDate '1961-07-04' (not DICOM DA, common in the wild) used to fail the whole study. The job runs
+    in the node's process (no time limit) so that its log lines are captured here."""
+    pacs = ResultStore()
+    node = _start_node(tmp_path, bundles, runners, pacs.port, results={"job_timeout_seconds": 0})
+    source = _cr_variant(data_root)
+    tag = Tag("PatientBirthDate")  # the raw bytes an archive sends (pydicom validates a value set in code)
+    source._dict[tag] = RawDataElement(tag, "DA", 10, b"1961-07-04", 0, False, True)
+    caplog.clear()
+    assoc = _associate(node.dicom_port, contexts=_cr_context())
+    assert assoc.send_c_store(source).Status == 0x0000
+    assoc.release()
+    try:
+        wait_for(lambda: len(pacs.received) == 2, 60, what="SR and SEG at the PACS")
+        health = node.health()
+    finally:
+        node.stop()
+        pacs.stop()
+    assert {ds.PatientBirthDate for ds in pacs.received} == {"19610704"}
+    assert health["failed"] == 0 and not any((node.spool.root / "failed").iterdir())
+    assert "1961-07-04" not in caplog.text and "PatientBirthDate" in caplog.text
 
 
 def test_concurrent_associations_every_instance_spooled(tmp_path, bundles, data_root):

@@ -18,6 +18,7 @@ from pydicom.tag import Tag
 from dissect_monai.deploy.jobs import failure_reason
 from dissect_monai.dicom import (
     AlgorithmInfo,
+    ResultPlacement,
     build_classification_sr,
     build_segmentation,
     build_unassessed_sr,
@@ -135,7 +136,8 @@ def test_failure_reason_keeps_root_cause_without_attribute_values(data_root, tmp
 def test_unassessed_sr_round_trip(data_root, tmp_path):
     source = pydicom.dcmread(data_root / SIIM_CR)
     reason = "Not assessed: the image does not look like a frontal chest radiograph."
-    sr = build_unassessed_sr([source], ["pneumonia", "no finding"], reason, ALGORITHM, instance_number=3)
+    sr = build_unassessed_sr([source], ["pneumonia", "no finding"], reason, ALGORITHM,
+                             placement=ResultPlacement(instance_number=3))
     sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
     written = pydicom.dcmread(tmp_path / "sr.dcm")
     assert read_unassessed_sr(written) == {"pneumonia": reason, "no finding": reason}
@@ -149,11 +151,14 @@ def test_unassessed_sr_round_trip(data_root, tmp_path):
 def test_sr_version_cites_its_predecessor(data_root):
     source = pydicom.dcmread(data_root / SIIM_CR)
     first = build_classification_sr([source], {"pneumonia": 0.2}, ALGORITHM)
-    second = build_classification_sr([source], {"pneumonia": 0.3}, ALGORITHM, previous_versions=[first],
-                                     series_instance_uid=first.SeriesInstanceUID, instance_number=2)
+    placement = ResultPlacement(first.SeriesInstanceUID, None, 2, (first,))
+    second = build_classification_sr([source], {"pneumonia": 0.3}, ALGORITHM, placement=placement)
     (cited,) = second.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence
     assert cited.ReferencedSOPInstanceUID == first.SOPInstanceUID
     assert second.SeriesInstanceUID == first.SeriesInstanceUID and second.InstanceNumber == 2
+    mask = np.ones((int(source.Rows), int(source.Columns)), np.uint8)
+    with pytest.raises(ValueError, match="a SEG cannot cite previous versions"):
+        build_segmentation([source], mask, {1: "lung"}, ALGORITHM, placement=placement)
 
 
 def _imports(path: Path) -> set[str]:

@@ -19,7 +19,9 @@ Lifecycle of a study (:class:`JobRunner`):
 * **failures** go to ``failed/<job>/reason.txt`` with the root cause of the whole exception chain (not MONAI's
   "applying transform" wrapper) and the chain below it, with every patient / study attribute value of the
   study's headers replaced by ``<redacted>``; a Comprehensive SR saying, in general terms, that the study could
-  not be processed is sent to the PACS (:class:`dissect_monai.deploy.config.ResultsConfig`);
+  not be processed is sent to the PACS (:class:`dissect_monai.deploy.config.ResultsConfig`). It is a study-level
+  series of its own ("AI processing failed"), versioned like the results: its InstanceNumber is the version that
+  failed, so a result series whose current instance has a higher number is newer than the failure;
 * a **timeout** bounds each job: the job runs in a forked child process (the loaded models are shared
   copy-on-write) that is killed when the time is up; the study then fails with reason ``timeout``.
 """
@@ -47,6 +49,7 @@ from dissect_monai.deploy.spool import Spool
 from dissect_monai.deploy.versions import ResultVersions
 from dissect_monai.dicom import (
     AlgorithmInfo,
+    ResultPlacement,
     build_classification_sr,
     build_unassessed_sr,
     read_unassessed_sr,
@@ -255,11 +258,7 @@ class StudyProcessor:
         for source, sources, unit in inputs:
             study = str(sources[0].StudyInstanceUID)
             series_uid = result_uid(study, f"{pipeline.name}/{unit}")
-            identity = {
-                "series_instance_uid": series_uid,
-                "sop_instance_uid": result_uid(study, series_uid, version),
-                "instance_number": version,
-            }
+            sop_uid = result_uid(study, series_uid, version)
             try:
                 prediction = runner.run(source)
             except Exception as err:  # noqa: BLE001 - the bundle's own error becomes the job's reason
@@ -268,16 +267,16 @@ class StudyProcessor:
             try:
                 if pipeline.output == "sr":
                     names = pipeline.findings or runner.channel_names()
-                    before = [previous[series_uid]] if series_uid in previous else None
+                    before = (previous[series_uid],) if series_uid in previous else ()
+                    placement = ResultPlacement(series_uid, sop_uid, version, before)
                     if prediction.out_of_distribution:
                         logger.info("pipeline %s: input flagged by the quality gate: not assessed", pipeline.name)
                         out.append(build_unassessed_sr(sources, [names[i] for i in sorted(names)],
-                                                       pipeline.not_assessed_text, algorithm,
-                                                       previous_versions=before, **identity))
+                                                       pipeline.not_assessed_text, algorithm, placement=placement))
                         continue
                     out.append(
                         build_classification_sr(sources, probabilities_from_pred(pred, names), algorithm,
-                                                thresholds=pipeline.thresholds, previous_versions=before, **identity)
+                                                thresholds=pipeline.thresholds, placement=placement)
                     )
                 else:
                     names = pipeline.segments or {k: v for k, v in runner.channel_names().items() if k != 0}
@@ -285,7 +284,8 @@ class StudyProcessor:
                     out.append(
                         segmentation_from_prediction(pred, sources, names, algorithm,
                                                      affine=None if affine is None else np.asarray(affine),
-                                                     space=_space(pred), **identity)
+                                                     space=_space(pred),
+                                                     placement=ResultPlacement(series_uid, sop_uid, version))
                     )
             except ValueError as err:
                 raise JobError(f"pipeline {pipeline.name}: cannot write {pipeline.output.upper()} for "
@@ -385,13 +385,15 @@ class JobRunner:
 
     def run(self, job: str) -> JobOutcome:
         """Process one claimed job to ``outbox/`` + ``done/``, or ``failed/`` with a reason file."""
+        study_key = job.split("-", 1)[0]
         if self.spool.has_results(job):  # finished before a crash; only the bookkeeping is left
+            published = [pydicom.dcmread(f, stop_before_pixels=True) for f in self.spool.result_files(job)]
+            self.versions.published(study_key, published)
             self.spool.complete(job, [])
             return JobOutcome("recovered")
         self.spool.merge_prior_inputs(job)
         series = self.spool.job_instances(job)
         headers = self._headers(series)
-        study_key = job.split("-", 1)[0]
         version = self.versions.reserve(study_key)
         previous = self.versions.previous(study_key, str(headers[0].StudyInstanceUID)) if headers else {}
         try:
@@ -400,10 +402,10 @@ class JobRunner:
         except _JobFailed as failure:
             report = self._failure_report(headers, failure.category, version)
             count = self.spool.fail(job, failure.reason, report)
-            self.versions.published(study_key, version, report)
+            self.versions.published(study_key, report)
             return JobOutcome("failed", count, failure.category, version)
         count = self.spool.complete(job, results)
-        self.versions.published(study_key, version, results)
+        self.versions.published(study_key, results)
         not_assessed = sum(1 for ds in results if ds.Modality == "SR" and read_unassessed_sr(ds))
         return JobOutcome("processed", count, None, version, not_assessed)
 
@@ -430,8 +432,8 @@ class JobRunner:
         try:
             report = build_unassessed_sr(
                 same_study, ["AI processing"], reason, self.node_algorithm,
-                series_description=self.settings.failure_series_description, series_instance_uid=series_uid,
-                sop_instance_uid=result_uid(study, series_uid, version), instance_number=version,
+                series_description=self.settings.failure_series_description,
+                placement=ResultPlacement(series_uid, result_uid(study, series_uid, version), version),
             )
         except ValueError as err:
             logger.warning("no failure report: %s", type(err).__name__)

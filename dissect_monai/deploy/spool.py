@@ -138,6 +138,10 @@ class Spool:
     def has_results(self, job: str) -> bool:
         return (self.root / "outbox" / job).exists() or (self.root / "sent" / job).exists()
 
+    def result_files(self, job: str) -> list[Path]:
+        """The published result instances of a job, queued (``outbox/``) or delivered (``sent/``)."""
+        return sorted((self.root / "outbox" / job).glob("*.dcm")) + sorted((self.root / "sent" / job).glob("*.dcm"))
+
     def merge_prior_inputs(self, job: str) -> int:
         """Move the inputs of earlier jobs of the same study (``done/``, ``failed/``) into ``job``, so that a
         study reopened by late instances is processed whole; an instance received again keeps its newest copy.

@@ -77,10 +77,12 @@ class ResultVersions:
             references[series_uid] = ref
         return references
 
-    def published(self, study_key: str, version: int, results: list[Dataset]) -> None:
-        """Record that ``results`` (all of ``version``) are now the current instance of their series."""
+    def published(self, study_key: str, results: list[Dataset]) -> None:
+        """Record that ``results`` are now the current instance of their series (version = InstanceNumber)."""
         with self._lock:
             record = self._read(study_key)
             for ds in results:
-                record["series"][str(ds.SeriesInstanceUID)] = {"version": version, "sop_class": str(ds.SOPClassUID)}
+                record["series"][str(ds.SeriesInstanceUID)] = {
+                    "version": int(ds.InstanceNumber), "sop_class": str(ds.SOPClassUID)
+                }
             self._write(study_key, record)

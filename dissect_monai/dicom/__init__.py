@@ -5,7 +5,7 @@ Used by bundle inference (:class:`dissect_monai.transforms.SaveDicomSegd`) and b
 """
 
 from dissect_monai.dicom.attributes import sanitised_element
-from dissect_monai.dicom.codes import AlgorithmInfo, concept_for_name, reference_view
+from dissect_monai.dicom.codes import AlgorithmInfo, ResultPlacement, concept_for_name, reference_view
 from dissect_monai.dicom.seg import (
     build_segmentation,
     has_plane_geometry,
@@ -23,6 +23,7 @@ from dissect_monai.dicom.uids import assign_missing_uids, result_uid, sanitise_u
 
 __all__ = [
     "AlgorithmInfo",
+    "ResultPlacement",
     "assign_missing_uids",
     "build_classification_sr",
     "build_segmentation",

@@ -12,11 +12,12 @@ from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException
 from pydicom.tag import Tag
 from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
 
 import dissect_monai
 from dissect_monai.dicom.attributes import sanitised_element
 
-__all__ = ["AlgorithmInfo", "LOCAL_CODING_SCHEME", "concept_for_name", "reference_view"]
+__all__ = ["AlgorithmInfo", "LOCAL_CODING_SCHEME", "ResultPlacement", "concept_for_name", "reference_view"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,29 @@ class AlgorithmInfo:
     def sr_identification(self) -> hd.sr.AlgorithmIdentification:
         """TID 4019 Algorithm Identification for an SR measurement group."""
         return hd.sr.AlgorithmIdentification(name=self.name, version=self.version)
+
+
+@dataclass(frozen=True)
+class ResultPlacement:
+    """Where a derived SEG / SR goes: its series and instance, and the instances it replaces.
+
+    Attributes:
+        series_instance_uid: SeriesInstanceUID (a new UID when ``None``); the node passes the study's result
+            series, see :mod:`dissect_monai.deploy.jobs` on versions.
+        sop_instance_uid: SOPInstanceUID (a new UID when ``None``).
+        instance_number: InstanceNumber (the node writes the result version).
+        previous_versions: earlier versions (datasets with Study / Series / SOP Instance / SOP Class UIDs) an SR
+            cites in its Predecessor Documents Sequence; a SEG has no such attribute and refuses them.
+    """
+
+    series_instance_uid: str | None = None
+    sop_instance_uid: str | None = None
+    instance_number: int = 1
+    previous_versions: tuple[Dataset, ...] = ()
+
+    def uids(self) -> tuple[str, str]:
+        """(SeriesInstanceUID, SOPInstanceUID), new UIDs for those not given."""
+        return self.series_instance_uid or generate_uid(), self.sop_instance_uid or generate_uid()
 
 
 def _camel_case(name: str) -> str:

@@ -20,9 +20,8 @@ import numpy as np
 import torch
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
 
-from dissect_monai.dicom.codes import AlgorithmInfo, concept_for_name, reference_view
+from dissect_monai.dicom.codes import AlgorithmInfo, ResultPlacement, concept_for_name, reference_view
 
 __all__ = [
     "build_segmentation",
@@ -138,9 +137,7 @@ def build_segmentation(
     series_number: int = 9901,
     series_description: str = AI_SERIES_DESCRIPTION,
     segment_codes: Mapping[int, tuple[hd.sr.CodedConcept, hd.sr.CodedConcept]] | None = None,
-    series_instance_uid: str | None = None,
-    sop_instance_uid: str | None = None,
-    instance_number: int = 1,
+    placement: ResultPlacement | None = None,
 ) -> hd.seg.Segmentation:
     """Build a BINARY DICOM SEG in the study of ``source_images``, one segment per label.
 
@@ -155,16 +152,16 @@ def build_segmentation(
         series_description: SeriesDescription of the new series.
         segment_codes: optional label -> (segmented property category, segmented property type); by default
             category is SNOMED CT "Anatomical Structure" and type is looked up by name (:func:`concept_for_name`).
-        series_instance_uid: SeriesInstanceUID of the SEG (a new UID by default; the node passes the result
-            series of the study, see :mod:`dissect_monai.deploy.jobs` on versions).
-        sop_instance_uid: SOPInstanceUID of the SEG (a new UID by default).
-        instance_number: InstanceNumber (the node writes the result version).
+        placement: series, instance UID and number (new UIDs, instance 1 by default).
 
     Returns:
         the SEG dataset (a ``pydicom.Dataset`` subclass).
     """
     if not source_images:
         raise ValueError("no source images given")
+    placement = placement or ResultPlacement()
+    if placement.previous_versions:
+        raise ValueError("a SEG cannot cite previous versions (no Predecessor Documents Sequence in its IOD)")
     frames = np.asarray(label_frames)
     if frames.ndim == 2:
         frames = frames[None]
@@ -205,15 +202,16 @@ def build_segmentation(
                 algorithm_identification=algorithm.segmentation_identification(),
             )
         )
+    series_uid, sop_uid = placement.uids()
     seg = hd.seg.Segmentation(
         source_images=[reference_view(ds) for ds in source_images],
         pixel_array=binary,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=series_instance_uid or generate_uid(),
+        series_instance_uid=series_uid,
         series_number=series_number,
-        sop_instance_uid=sop_instance_uid or generate_uid(),
-        instance_number=instance_number,
+        sop_instance_uid=sop_uid,
+        instance_number=placement.instance_number,
         manufacturer=algorithm.manufacturer,
         manufacturer_model_name=algorithm.model_name,
         software_versions=algorithm.software_version,
@@ -246,7 +244,7 @@ def segmentation_from_prediction(
         algorithm: algorithm identification.
         affine: ``pred``'s voxel -> patient matrix (needed for CT / MR sources, see :func:`label_map_to_frames`).
         space: coordinate system of ``affine`` (``"RAS"`` or ``"LPS"``).
-        seg_options: passed to :func:`build_segmentation` (series number, UIDs, instance number, ...).
+        seg_options: passed to :func:`build_segmentation` (series number and description, placement, ...).
 
     Raises:
         ValueError: when the prediction does not fit the sources or names a label without a segment.

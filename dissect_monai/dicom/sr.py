@@ -14,7 +14,7 @@ Findings Summary" (DCM 111017) = "No algorithms succeeded; without findings" (DC
 "Comment" (DCM 121106) saying why in general terms; :func:`read_unassessed_sr` reads it back.
 
 Versions: the node writes each new version of a report into the same series with a higher InstanceNumber and
-the previous version in the Predecessor Documents Sequence (``previous_versions``), see
+the previous version in the Predecessor Documents Sequence (:class:`~dissect_monai.dicom.codes.ResultPlacement`), see
 :mod:`dissect_monai.deploy.jobs`.
 """
 
@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from dissect_monai.dicom.codes import AlgorithmInfo, concept_for_name, reference_view
+from dissect_monai.dicom.codes import AlgorithmInfo, ResultPlacement, concept_for_name, reference_view
 
 __all__ = [
     "PROBABILITY_UNIT",
@@ -66,11 +66,10 @@ def _report(
     series_number: int,
     series_description: str,
     device_observer_uid: str | None,
-    series_instance_uid: str | None,
-    sop_instance_uid: str | None,
-    instance_number: int,
-    previous_versions: Sequence[Dataset] | None,
+    placement: ResultPlacement | None,
 ) -> hd.sr.Comprehensive3DSR:
+    placement = placement or ResultPlacement()
+    series_uid, sop_uid = placement.uids()
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -88,13 +87,13 @@ def _report(
     sr = hd.sr.Comprehensive3DSR(
         evidence=[reference_view(ds) for ds in source_images],
         content=report,
-        series_instance_uid=series_instance_uid or generate_uid(),
+        series_instance_uid=series_uid,
         series_number=series_number,
-        sop_instance_uid=sop_instance_uid or generate_uid(),
-        instance_number=instance_number,
+        sop_instance_uid=sop_uid,
+        instance_number=placement.instance_number,
         manufacturer=algorithm.manufacturer,
         is_complete=True,
-        previous_versions=list(previous_versions) if previous_versions else None,
+        previous_versions=list(placement.previous_versions) or None,
     )
     sr.SeriesDescription = series_description
     return sr
@@ -108,10 +107,7 @@ def build_classification_sr(
     series_number: int = 9902,
     series_description: str = AI_SERIES_DESCRIPTION,
     device_observer_uid: str | None = None,
-    series_instance_uid: str | None = None,
-    sop_instance_uid: str | None = None,
-    instance_number: int = 1,
-    previous_versions: Sequence[Dataset] | None = None,
+    placement: ResultPlacement | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """Build a Comprehensive 3D SR (TID 1500) reporting classification probabilities for a study.
 
@@ -123,11 +119,8 @@ def build_classification_sr(
         series_number: SeriesNumber of the new SR series.
         series_description: SeriesDescription of the new series.
         device_observer_uid: UID of the observing device (the node); a new UID by default.
-        series_instance_uid: SeriesInstanceUID (a new UID by default).
-        sop_instance_uid: SOPInstanceUID (a new UID by default).
-        instance_number: InstanceNumber (the node writes the result version).
-        previous_versions: earlier versions of this report (datasets with Study / Series / SOP Instance /
-            SOP Class UIDs), written as the Predecessor Documents Sequence.
+        placement: series, instance UID and number, and the earlier versions this report replaces (written as
+            its Predecessor Documents Sequence); new UIDs, instance 1, no predecessor by default.
 
     Returns:
         the SR dataset (a ``pydicom.Dataset`` subclass).
@@ -161,7 +154,7 @@ def build_classification_sr(
             )
         )
     return _report(source_images, groups, algorithm, series_number, series_description, device_observer_uid,
-                   series_instance_uid, sop_instance_uid, instance_number, previous_versions)
+                   placement)
 
 
 def build_unassessed_sr(
@@ -172,10 +165,7 @@ def build_unassessed_sr(
     series_number: int = 9902,
     series_description: str = AI_SERIES_DESCRIPTION,
     device_observer_uid: str | None = None,
-    series_instance_uid: str | None = None,
-    sop_instance_uid: str | None = None,
-    instance_number: int = 1,
-    previous_versions: Sequence[Dataset] | None = None,
+    placement: ResultPlacement | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """An SR saying that ``findings`` were not assessed on ``source_images``, and why (no probabilities).
 
@@ -206,7 +196,7 @@ def build_unassessed_sr(
         group[0].ContentSequence.append(comment)
         groups.append(group)
     return _report(source_images, groups, algorithm, series_number, series_description, device_observer_uid,
-                   series_instance_uid, sop_instance_uid, instance_number, previous_versions)
+                   placement)
 
 
 def read_classification_sr(sr: Dataset) -> dict[str, float]:
