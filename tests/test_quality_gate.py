@@ -11,11 +11,14 @@ from pathlib import Path
 import pydicom
 import pytest
 import torch
-from deploy_helpers import CR_RULES, SIIM_CR, make_tiny_bundle, project_bundle
+from deploy_helpers import CR_RULES, SIIM_CR, ResultStore, make_tiny_bundle, node_config_file, project_bundle, wait_for
+from pynetdicom import AE
+from pynetdicom.sop_class import SecondaryCaptureImageStorage
 
 from dissect_monai.deploy.bundle_runner import BundleError, BundleRunner
-from dissect_monai.deploy.config import PipelineConfig
+from dissect_monai.deploy.config import PipelineConfig, load_node_config
 from dissect_monai.deploy.jobs import StudyProcessor
+from dissect_monai.deploy.node import InferenceNode
 from dissect_monai.dicom.sr import read_classification_sr, read_unassessed_sr
 from dissect_monai.networks.quality_gate import EmbeddingGate
 
@@ -84,6 +87,32 @@ def test_flagged_input_is_reported_not_assessed(flag_everything, bundle, runner,
         assert read_unassessed_sr(sr) == dict.fromkeys(names, pipeline.not_assessed_text)
     else:
         assert not read_unassessed_sr(sr) and set(read_classification_sr(sr)) == set(runner.channel_names().values())
+
+
+def test_node_loads_the_gate_from_its_config_and_counts_not_assessed(bundle, runner, data_root, tmp_path):
+    gate = EmbeddingGate.fit(_embeddings(runner, _rows(data_root, "nih-cxr-pneumonia", split="train")[:8]))
+    gate.threshold.fill_(-1.0)  # flags every input: the mechanics, not a quality claim
+    torch.save(gate.state_dict(), bundle / "models" / "flag_all_gate.pt")
+    pacs = ResultStore()
+    pipelines = [{"name": "cls", "bundle": str(bundle), "output": "sr", "rules": CR_RULES, "single_instance": True,
+                  "quality_gate": "models/flag_all_gate.pt"}]
+    path = node_config_file(tmp_path / "node.yaml", tmp_path / "spool", pipelines,
+                            {"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port})
+    node = InferenceNode(load_node_config(path))  # bundles and gate loaded from the config, as deployed
+    node.start()
+    try:
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(SecondaryCaptureImageStorage, "1.2.840.10008.1.2.4.50")
+        assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title="DISSECT_AI")
+        assert assoc.send_c_store(data_root / SIIM_CR).Status == 0x0000
+        assoc.release()
+        (sr,) = wait_for(lambda: pacs.received, 60, what="the SR at the PACS")
+        health = node.health()
+    finally:
+        node.stop()
+        pacs.stop()
+    assert set(read_unassessed_sr(sr).values()) == {PipelineConfig.not_assessed_text}
+    assert health["not_assessed"] == 1 and health["processed"] == 1 and health["failed"] == 0
 
 
 def test_gate_needs_a_network_with_features(tmp_path):

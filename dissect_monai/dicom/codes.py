@@ -1,4 +1,4 @@
-"""Coded concepts and algorithm identification shared by the DICOM SEG and SR writers."""
+"""Coded concepts, algorithm identification, result placement and source views shared by the SEG and SR writers."""
 
 from __future__ import annotations
 
