@@ -1,11 +1,15 @@
-"""Segmentation transfer runs: a finished run is reused only for the checkpoint contents it was trained from, and
-the report states the budget and averages seeds with the one mean +- sd."""
+"""Segmentation transfer runs: one lung run through the bundle on real images, a finished run reused only for the
+checkpoint contents it was trained from, and the report stating the budget and averaging seeds with the one
+mean +- sd."""
 
 from __future__ import annotations
 
 import json
 
-from dissect_monai.evaluation import LungRow, discard_stale_run, file_fingerprint
+import pytest
+import torch
+
+from dissect_monai.evaluation import LungRow, StepBudget, discard_stale_run, file_fingerprint, train_and_test_lung
 from dissect_monai.evaluation.reports import write_segmentation_report
 
 
@@ -39,3 +43,19 @@ def test_report_states_the_budget_and_averages_seeds(tmp_path):
     assert "64 px" in md and "batch 16, 60 optimiser steps" in md and "{cfg" not in md
     assert "| 10% | mae | frozen | 2 | 14 | 60 | 0.850 ± 0.071 |" in md
     assert json.loads((tmp_path / "seg.json").read_text())["lung"]["a"]["seed"] == 0
+
+
+@pytest.mark.timeout(300)
+def test_a_lung_run_trains_and_tests_through_the_bundle_and_is_reused(repo_root, data_root, tmp_path):
+    torch.set_num_threads(1)
+    run = tmp_path / "random_init_fine-tuned_0.1_0"
+    row = LungRow("random init", "fine-tuned", None, None)
+    bundle = repo_root / "bundles" / "dissect_cxr_lung_segmentation"
+    overrides = {"num_threads": 1, "dataset_dir": str(data_root / "cxr-lung-seg")}
+    result = train_and_test_lung(bundle, run, row, 0.1, 0, StepBudget(1, 8, 1), 32, overrides)
+    assert result["n_train_images"] == 14 and (result["epochs"], result["steps"]) == (1, 2)  # 14 images, batch 8
+    assert result["test_dice"]["n"] == len(result["per_image_dice"]) and 0 <= result["test_dice"]["mean"] <= 1
+    assert result["row"]["checkpoint_fingerprint"] is None and result["config"]["steps"] == 1
+    mtime = (run / "result.json").stat().st_mtime_ns
+    assert train_and_test_lung(bundle, run, row, 0.1, 0, StepBudget(1, 8, 1), 32) == result
+    assert (run / "result.json").stat().st_mtime_ns == mtime
