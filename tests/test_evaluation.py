@@ -219,6 +219,7 @@ def test_finetune_cell_runs_the_classification_bundle_on_real_images(small_nih, 
     assert set(cell.test_auc_by_view) == {"AP", "PA"}
     trained = torch.load(tmp_path / "run" / "models" / "model.pt", map_location="cpu", weights_only=True)
     pretrained = embedder.encoder.state_dict()
-    changed = [k for k, v in pretrained.items() if v.is_floating_point() and not torch.equal(trained["encoder." + k], v)]
+    changed = [k for k, v in pretrained.items()
+               if v.is_floating_point() and not torch.equal(trained["encoder." + k], v)]
     assert changed  # fine-tuned: the encoder moved away from the checkpoint it was loaded from
     assert json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())["n"] == 24

@@ -17,7 +17,13 @@ from dissect_monai.evaluation.segmentation import CT_ORGANS
 from dissect_monai.utils import resolve_precision
 from dissect_monai.viz.plots import label_efficiency_plot
 
-__all__ = ["MEDMNIST_V2", "label_efficiency_markdown", "write_label_efficiency_report", "write_segmentation_report"]
+__all__ = [
+    "MEDMNIST_V2",
+    "label_efficiency_markdown",
+    "write_label_efficiency_report",
+    "write_method_comparison",
+    "write_segmentation_report",
+]
 
 #: published PneumoniaMNIST (same official Kermany test split) figures, MedMNIST v2 (Yang et al., Sci Data 2023).
 MEDMNIST_V2 = {"ResNet-18 (224 px)": {"auc": 0.956, "acc": 0.864}}
@@ -193,3 +199,83 @@ def write_segmentation_report(results: Mapping[str, Any], out: str | os.PathLike
             t, f = ct["test_dicom_series"].get(organ), ct["fit_training_volume"].get(organ)
             lines.append(f"| {organ} | {'n/a' if t is None else f'{t:.3f}'} | {'n/a' if f is None else f'{f:.3f}'} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+#: label fractions of the method comparison table, as stored keys
+COMPARISON_FRACTIONS = ("0.01", "0.05", "0.1", "1")
+COMPARISON_REFERENCES = ("random", "supervised")
+
+
+def write_method_comparison(
+    methods: Mapping[str, Mapping[str, Any]], representations: Mapping[str, Any], segmentation: Mapping[str, Any],
+    budget: Mapping[str, Any], out: str | os.PathLike, seg_seeds: int = 1,
+) -> dict[str, Any]:
+    """``<out>.{json,md,png}``: a row per method (plus the random-init and supervised references) with the test AUC
+    at each label fraction on both benchmarks, kNN, the view shortcut AUC, lung Dice at 10 % (frozen and fine-tuned,
+    mean +- sd over seeds), the pretraining wall time and notes.
+
+    Args:
+        methods: ``{method: {"pretrained": bool, "wall_seconds": float | None, "note": str}}``, in table order.
+        representations: the ``summary`` of :func:`write_label_efficiency_report`'s JSON.
+        segmentation: the ``lung`` runs of :func:`write_segmentation_report`'s JSON.
+        budget: the shared pretraining budget (``image_size``, ``epochs``, ``batch_size``, ``threads_per_run``,
+            ``views``, ``backbones``, ``supervised``).
+        seg_seeds: seeds per lung cell (a cell with another count says so).
+    """
+    out = Path(out)
+    dice: dict[tuple[str, str], list[float]] = {}
+    for entry in segmentation.values():
+        row = entry.get("row", {})
+        if float(row.get("fraction", 0)) == 0.1 and entry.get("test_dice"):
+            dice.setdefault((row["encoder"], row["mode"]), []).append(entry["test_dice"]["mean"])
+    rows = []
+    for name in (*COMPARISON_REFERENCES, *methods):
+        summary, info = representations.get(name, {}), methods.get(name, {})
+        seg_name = "random init" if name == "random" else name
+        rows.append({
+            "name": name, "pretrained": info.get("pretrained"), "wall_seconds": info.get("wall_seconds"),
+            "note": info.get("note", ""),
+            "auc": {bench: {f: summary.get(bench, {}).get("fractions", {}).get(f, {}).get("test_auc")
+                            for f in COMPARISON_FRACTIONS} for bench in BENCHMARKS},
+            "knn": {bench: summary.get(bench, {}).get("knn20_acc") for bench in BENCHMARKS},
+            "shortcut_auc": summary.get("nih", {}).get("view_probe_auc"),
+            "lung_dice_10": {mode: mean_std(dice.get((seg_name, mode), [])).as_dict()
+                             for mode in ("frozen", "fine-tuned")},
+        })
+    result = {"budget": dict(budget), "rows": rows}
+    write_json(out.with_suffix(".json"), result)
+    out.with_suffix(".md").write_text(_comparison_markdown(result, seg_seeds))
+    panels = {bench: {r["name"]: [(float(f), e["mean"], e["std"]) for f, e in r["auc"][bench].items() if e and e["n"]]
+                      for r in rows} for bench in BENCHMARKS}
+    label_efficiency_plot(panels, out.with_suffix(".png"), ylabel="test ROC AUC (frozen linear probe)",
+                          dashed=COMPARISON_REFERENCES)
+    return result
+
+
+def _comparison_markdown(result: Mapping[str, Any], seg_seeds: int) -> str:
+    b = result["budget"]
+    lines = [
+        "# SSL methods compared at the same budget", "",
+        f"Budget per method: {b['epochs']} epoch(s) of the pretraining pool at {b['image_size']} px, batch "
+        f"{b['batch_size']}, {b['threads_per_run']} CPU thread(s); {b['views']}; {b['backbones']}. "
+        f"Supervised reference: {b['supervised']}.",
+        "Made by `scripts/compare_methods.py` (resumable). Evaluation protocol: `results/compare/representations.md`",
+        "and `results/compare/segmentation.md`. A dash means not run (yet) or not supported (see notes).",
+        "AUC cells: mean ± sd over 5 label samples (the 100 % probe is deterministic); lung Dice: mean ± sd over seeds "
+        "(n where it differs). NIH test has 206 images, so AUC differences under ~0.03 are noise; Kermany test has "
+        "624.", "",
+        "| method | NIH AUC 1 % | 5 % | 10 % | 100 % | Kermany AUC 1 % | 5 % | 10 % | 100 % | kNN acc NIH "
+        "| view shortcut AUC (lower = less shortcut) | lung Dice 10 % frozen | fine-tuned "
+        "| pretraining wall time (s) | notes |",
+        "| --- " * 15 + "|",
+    ]
+    for r in result["rows"]:
+        aucs = [format_mean_std(r["auc"][bench][f]) for bench in ("nih", "kermany") for f in COMPARISON_FRACTIONS]
+        knn = r["knn"]["nih"]
+        notes = "; ".join(n for n in (r["note"], "not pretrained yet" if r["pretrained"] is False else "") if n)
+        cells = [r["name"], *aucs, "—" if knn is None else f"{knn:.3f}",
+                 "—" if r["shortcut_auc"] is None else f"{r['shortcut_auc']:.3f}",
+                 *[format_mean_std(r["lung_dice_10"][m], expected_n=seg_seeds) for m in ("frozen", "fine-tuned")],
+                 "—" if r["wall_seconds"] is None else f"{r['wall_seconds']:.0f}", notes]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
