@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 from pathlib import Path
 
 import matplotlib
@@ -15,7 +16,10 @@ from sklearn.metrics import roc_curve  # noqa: E402
 
 from dissect_monai.viz.panels import save  # noqa: E402
 
-__all__ = ["label_efficiency_plot", "roc_curves_plot"]
+#: loss terms drawn when a run logs them (the SSL methods' terms)
+PRETRAINING_LOSS_TERMS = ("loss", "continuous_loss", "discrete_loss", "commitment_loss", "consistency_loss")
+
+__all__ = ["label_efficiency_plot", "pretraining_curves_plot", "roc_curves_plot"]
 
 
 def roc_curves_plot(
@@ -75,4 +79,39 @@ def label_efficiency_plot(
     if handles:
         fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=3, fontsize=8)
     fig.tight_layout(rect=(0, 0.16, 1, 1))
+    return save(fig, path, dpi=120)
+
+
+def pretraining_curves_plot(summaries: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Loss terms per iteration of every run, and codebook perplexity / usage per scale of the runs that have a
+    quantizer (the ``_iterations`` of :func:`dissect_monai.evaluation.pretraining.summarise_run`)."""
+    dissect = [s for s in summaries if any(k.startswith("codebook/") for it in s["_iterations"][:1] for k in it)]
+    scales = sorted({k[len("codebook/"):-len("_perplexity")] for s in dissect for k in s["_iterations"][0]
+                     if k.startswith("codebook/") and k.endswith("_perplexity")})
+    ncols = 3 if scales else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 4), squeeze=False)
+    ax = axes[0][0]
+    for s in summaries:
+        its = s["_iterations"]
+        for term in PRETRAINING_LOSS_TERMS:
+            if its and term in its[0]:
+                style = "-" if term == "loss" else "--"
+                ax.plot([r["iteration"] for r in its], [r[term] for r in its], style, label=f"{s['run']} {term}")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.set_title("SSL loss terms")
+    ax.legend(fontsize=7)
+    for col, stat in enumerate(("perplexity", "usage"), start=1):
+        if col >= ncols:
+            break
+        ax = axes[0][col]
+        for s in dissect:
+            its = s["_iterations"]
+            for scale in scales:
+                key = f"codebook/{scale}_{stat}"
+                ax.plot([r["iteration"] for r in its], [r[key] for r in its], label=f"{s['run']} {scale}")
+        ax.set_xlabel("iteration")
+        ax.set_title(f"codebook {stat} per scale (last batch)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
     return save(fig, path, dpi=120)
