@@ -33,6 +33,7 @@ from dissect_monai.evaluation import (
     StepBudget,
     checkpoint_rows,
     load_benchmark,
+    method_assignments,
     reference_row,
     run_row,
 )
@@ -85,11 +86,11 @@ def settings_of(args: argparse.Namespace) -> ProtocolSettings:
 
 def describe_rows(args: argparse.Namespace, settings: ProtocolSettings) -> list:
     labels = dict(item.split("=", 1) for item in args.label)
-    methods = dict(item.split("=", 1) for item in args.method)
+    try:
+        methods = method_assignments(args.method)
+    except ValueError as e:
+        raise SystemExit(str(e)) from e
     presets = method_names()
-    unknown = sorted(set(methods.values()) - set(presets))
-    if unknown:
-        raise SystemExit(f"unknown method preset(s) {unknown}; choose from {presets}")
     rows = [reference_row(name, settings) for name in args.rows]
     for spec in args.checkpoints:
         name, _, path = spec.rpartition("=")

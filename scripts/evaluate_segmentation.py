@@ -30,6 +30,7 @@ from dissect_monai.evaluation import (
     StepBudget,
     collect_runs,
     discard_stale_run,
+    method_assignments,
     train_and_test_ct,
     train_and_test_lung,
 )
@@ -79,10 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", type=Path, default=REPO / "results" / "segmentation")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    methods = dict(item.split("=", 1) for item in args.method)
-    unknown = sorted(set(methods.values()) - set(method_names()))
-    if unknown:
-        ap.error(f"unknown method preset(s) {unknown}; choose from {method_names()}")
+    try:
+        methods = method_assignments(args.method)
+    except ValueError as e:
+        ap.error(str(e))
     rows, missing = lung_rows([] if args.no_lung else (args.encoder or ["random"]), methods)
     budget = StepBudget(args.steps, args.batch_size, args.val_every_steps)
     data_root = args.data_root or default_data_root()

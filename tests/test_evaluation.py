@@ -29,9 +29,11 @@ from dissect_monai.evaluation import (
     knn_accuracy,
     load_benchmark,
     mean_std,
+    method_assignments,
     reference_row,
     roc_auc,
     roc_auc_by_group,
+    row_features,
     run_row,
     summarise,
 )
@@ -223,3 +225,41 @@ def test_finetune_cell_runs_the_classification_bundle_on_real_images(small_nih, 
                if v.is_floating_point() and not torch.equal(trained["encoder." + k], v)]
     assert changed  # fine-tuned: the encoder moved away from the checkpoint it was loaded from
     assert json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())["n"] == 24
+
+
+def test_method_assignments_name_only_known_presets():
+    assert method_assignments(["run1=mae", "run2=dissect"]) == {"run1": "mae", "run2": "dissect"}
+    with pytest.raises(ValueError, match="unknown method preset.*simclr"):
+        method_assignments(["x=simclr"])
+    with pytest.raises(ValueError, match="NAME=METHOD"):
+        method_assignments(["mae"])
+
+
+def test_a_vit_method_checkpoint_is_probed_with_its_own_encoder(small_nih, tmp_path):
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "mae.pt"
+    torch.save(build_method_embedder("mae", 32).state_dict(), checkpoint)
+    [row] = checkpoint_rows("vit-run", checkpoint, "mae", SETTINGS)
+    assert row.method == "mae" and "-mmae-" in row.fingerprint
+    data = load_benchmark(NIH, 32, tmp_path / "images", small_nih)
+    settings = ProtocolSettings(image_size=32, probe_fractions=(1.0,), probe_seeds=(0,), precision="fp32")
+    run_row(row, [NIH], RowStore(tmp_path / "rows", row), settings, tmp_path, small_nih, "unused-for-probes",
+            lambda spec: data, log=lambda text: None)
+    assert 0 <= RowStore(tmp_path / "rows", row).cell("nih", 1.0, 0).test_auc <= 1
+    with np.load(tmp_path / "features" / "vit-run_nih_32.npz") as cached:
+        assert cached["features"].shape == (96, 192)  # the ViT's class token, not a ResNet's 512 pooled channels
+
+
+def test_descriptor_rows_probe_the_pooled_feature_with_the_quantised_descriptor(small_nih, tmp_path):
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "dissect.pt"
+    torch.save(build_method_embedder("dissect", 32).state_dict(), checkpoint)
+    plain, vq = checkpoint_rows("dissect", checkpoint, "dissect", SETTINGS, descriptor=True)
+    assert vq.name == "dissect-vq" and vq.descriptor and vq.fingerprint != plain.fingerprint
+    data = load_benchmark(NIH, 32, tmp_path / "images", small_nih)
+    features, _ = row_features(vq, NIH, data, tmp_path / "features", SETTINGS)
+    assert features.shape == (96, 512 + 3 * 64)  # pooled C5 + one 64-d code vector per quantised scale
+    [byol] = checkpoint_rows("byol", checkpoint, "byol", SETTINGS)
+    with pytest.raises(ValueError, match="no quantizer"):
+        row_features(EvaluationRow(**{**vars(byol), "name": "byol-vq", "descriptor": True}), NIH, data,
+                     tmp_path / "features", SETTINGS)

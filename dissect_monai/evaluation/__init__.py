@@ -3,7 +3,15 @@ label-efficiency protocol with its typed rows and resumable store, and segmentat
 segmentation go through the bundles themselves (:mod:`dissect_monai.evaluation.bundle_runs`)."""
 
 from .benchmarks import BENCHMARKS, BenchmarkData, BenchmarkSpec, load_benchmark
-from .bundle_runs import StepBudget, TrainedRun, bundle_workflow, method_encoder_config, run_workflow, train_for_steps
+from .bundle_runs import (
+    StepBudget,
+    TrainedRun,
+    bundle_workflow,
+    method_assignments,
+    method_encoder_config,
+    run_workflow,
+    train_for_steps,
+)
 from .features import extract_features
 from .label_efficiency import (
     REFERENCE_ROWS,
@@ -60,6 +68,7 @@ __all__ = [
     "knn_accuracy",
     "load_benchmark",
     "mean_std",
+    "method_assignments",
     "method_encoder_config",
     "probe_cell",
     "read_json",

@@ -16,7 +16,17 @@ from typing import Any
 
 from monai.bundle import ConfigWorkflow
 
-__all__ = ["StepBudget", "TrainedRun", "bundle_workflow", "method_encoder_config", "run_workflow", "train_for_steps"]
+from dissect_monai.networks.presets import method_names
+
+__all__ = [
+    "StepBudget",
+    "TrainedRun",
+    "bundle_workflow",
+    "method_assignments",
+    "method_encoder_config",
+    "run_workflow",
+    "train_for_steps",
+]
 
 
 @dataclass(frozen=True)
@@ -98,3 +108,19 @@ def method_encoder_config(method: str, image_size: int, checkpoint: str | None, 
     if depth is not None:
         config["overrides"] = {"depth": depth}
     return config
+
+
+def method_assignments(items: Sequence[str]) -> dict[str, str]:
+    """``["NAME=METHOD", ...]`` (the scripts' ``--method``) as ``{name: method}``, every method a preset of
+    ``configs/methods`` (:func:`dissect_monai.networks.presets.method_names`, the one method list).
+
+    Raises:
+        ValueError: an item without ``=``, or an unknown preset (the message lists the known ones).
+    """
+    if any("=" not in item for item in items):
+        raise ValueError(f"method assignments must be NAME=METHOD, got {list(items)}")
+    methods = dict(item.split("=", 1) for item in items)
+    unknown = sorted(set(methods.values()) - set(method_names()))
+    if unknown:
+        raise ValueError(f"unknown method preset(s) {unknown}; choose from {method_names()}")
+    return methods

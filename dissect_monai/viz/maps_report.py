@@ -23,18 +23,7 @@ from monai.transforms import Compose, EnsureTyped, Resized
 from dissect_monai.data import dataset_datalist
 from dissect_monai.networks.presets import build_method_embedder
 from dissect_monai.transforms import LoadMedicalImaged
-from dissect_monai.viz import panels
-from dissect_monai.viz.maps import (
-    anchor_similarity,
-    code_index_maps,
-    code_palette,
-    grid_anchor,
-    last_layer_attention,
-    patch_feature_map,
-    pca_rgb,
-    typical_patches,
-    vit_of,
-)
+from dissect_monai.viz import maps, panels
 
 __all__ = ["budget_note", "maps_markdown", "nih_test_images", "write_encoder_maps"]
 
@@ -98,24 +87,24 @@ def write_encoder_maps(
         note = budget_note(run)
         label = f"{run['name']}\n({note.split(' - ')[0].replace(' (no pretraining)', '')})"
         with torch.no_grad():
-            features = patch_feature_map(embedder, batch)
-        anchor = grid_anchor(features.shape[2:])
-        similarity = anchor_similarity(features, anchor).numpy()
-        pca = pca_rgb(features)
-        attention = last_layer_attention(embedder, batch).numpy() if vit_of(embedder) is not None else None
+            features = maps.patch_feature_map(embedder, batch)
+        anchor = maps.grid_anchor(features.shape[2:])
+        similarity = maps.anchor_similarity(features, anchor).numpy()
+        pca = maps.pca_rgb(features)
+        attention = maps.last_layer_attention(embedder, batch).numpy() if maps.vit_of(embedder) is not None else None
         title = f"{run['name']} [{run['method']}], {size} px, {note}"
         files = [panels.save(panels.method_panel(title, batch[:, 0].numpy(), similarity, pca, anchor, attention),
                              out / f"{run['name']}.png")]
         by_size[size]["rows"][label] = {"similarity": similarity, "pca": pca, "anchor": anchor,
                                         "attention": None if attention is None else attention.mean(axis=1)}
         if getattr(embedder, "quantizer", None) is not None:
-            codes = {k: v.numpy() for k, v in code_index_maps(embedder, batch).items()}
-            palettes = {name: code_palette(k, seed=i) for i, (name, k) in
+            codes = {k: v.numpy() for k, v in maps.code_index_maps(embedder, batch).items()}
+            palettes = {name: maps.code_palette(k, seed=i) for i, (name, k) in
                         enumerate(zip(embedder.scale_names, embedder.quantizer.num_codes))}
             files.append(panels.save(panels.code_map_panel(f"{title}: code index per scale", batch[:, 0].numpy(),
                                                            codes, palettes), out / f"{run['name']}_codes.png"))
             for i, name in enumerate(embedder.scale_names):
-                typical = typical_patches(embedder, by_size[size]["typical"], scale=i)
+                typical = maps.typical_patches(embedder, by_size[size]["typical"], scale=i)
                 files.append(panels.save(
                     panels.typical_patches_panel(f"{run['name']} scale {name}: most typical patches of the codes "
                                                  f"used most on {typical_images} test images",
