@@ -263,3 +263,15 @@ def test_descriptor_rows_probe_the_pooled_feature_with_the_quantised_descriptor(
     with pytest.raises(ValueError, match="no quantizer"):
         row_features(EvaluationRow(**{**vars(byol), "name": "byol-vq", "descriptor": True}), NIH, data,
                      tmp_path / "features", SETTINGS)
+
+
+def test_step_budget_validates_the_last_epoch_and_reaches_the_steps():
+    budget = StepBudget(steps=300, batch_size=32, val_every_steps=50)
+    assert budget.schedule(68) == (102, 17, 3)  # 10 % of NIH train: 306 steps, validated at epochs 17, ..., 102
+    assert budget.schedule(4000) == (3, 1, 125)  # all of Kermany train: whole epochs, every one validated
+    assert StepBudget(2, 8, 1).schedule(12) == (1, 1, 2)
+    for n in (1, 7, 68, 500, 4000):
+        epochs, interval, per_epoch = budget.schedule(n)
+        assert epochs % interval == 0 and epochs * per_epoch >= budget.steps
+    with pytest.raises(ValueError, match="empty"):
+        budget.schedule(0)

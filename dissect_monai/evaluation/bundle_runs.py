@@ -44,12 +44,15 @@ class StepBudget:
     val_every_steps: int
 
     def schedule(self, n_train: int) -> tuple[int, int, int]:
-        """``(epochs, val_interval in epochs, steps per epoch)`` for ``n_train`` training items."""
+        """``(epochs, val_interval in epochs, steps per epoch)`` for ``n_train`` training items: at least ``steps``
+        steps, validated about every ``val_every_steps``, the epochs a multiple of the interval so that the last
+        epoch is always validated (the trained network is never left out of the selection)."""
         if n_train < 1:
             raise ValueError("the training datalist is empty")
         per_epoch = math.ceil(n_train / self.batch_size)
-        epochs = max(1, math.ceil(self.steps / per_epoch))
-        return epochs, min(epochs, max(1, round(self.val_every_steps / per_epoch))), per_epoch
+        interval = max(1, round(self.val_every_steps / per_epoch))
+        epochs = interval * math.ceil(max(1, math.ceil(self.steps / per_epoch)) / interval)
+        return epochs, interval, per_epoch
 
 
 @dataclass(frozen=True)
