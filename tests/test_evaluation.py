@@ -192,7 +192,7 @@ def test_probe_protocol_resumes_and_reruns_a_changed_checkpoint(small_nih, tmp_p
     record = write_label_efficiency_report(tmp_path / "rows", tmp_path / "out" / "representations", SETTINGS)
     assert record["summary"]["byol"]["nih"]["fractions"]["1"]["test_auc"]["n"] == 2
     md = (tmp_path / "out" / "representations.md").read_text()
-    assert "| byol |" in md and "AP / PA" in md and "view-probe AUC" in md
+    assert "| byol |" in md and "AP / PA" in md and "view-probe AUC" in md and "(representations.png)" in md
     assert (tmp_path / "out" / "representations.png").stat().st_size > 1000
 
 

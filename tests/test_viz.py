@@ -138,3 +138,5 @@ def test_result_plots_write_pngs(tmp_path):
     path = label_efficiency_plot(panels_, tmp_path / "le.png", references={"NIH": ("published", 0.9)},
                                  dashed=["random"])
     assert path.stat().st_size > 1000
+    with pytest.raises(ValueError, match="no panels"):
+        label_efficiency_plot({}, tmp_path / "empty.png")

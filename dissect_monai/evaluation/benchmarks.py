@@ -13,9 +13,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
+from monai.transforms import Compose, Resized
 
 from dissect_monai.data import dataset_datalist, sample_label_fraction
 from dissect_monai.engines.checkpoint import atomic_write
+from dissect_monai.transforms import LoadMedicalImaged
 
 __all__ = ["BENCHMARKS", "BenchmarkData", "BenchmarkSpec", "load_benchmark"]
 
@@ -75,10 +77,6 @@ def load_benchmark(
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
             return BenchmarkData(**{f.name: z[f.name] for f in fields(BenchmarkData)})
-    from monai.transforms import Compose, Resized
-
-    from dissect_monai.transforms import LoadMedicalImaged
-
     items = [it for split in ("train", "val") for it in dataset_datalist(spec.dataset, split, data_root)]
     items += dataset_datalist(spec.dataset, "test", data_root, drop_duplicates=False)
     load = Compose([LoadMedicalImaged(keys="image"),

@@ -47,6 +47,9 @@ from dissect_monai.evaluation.results import (
     fraction_key,
     read_json,
 )
+from dissect_monai.networks.classification import EncoderClassifier, QuantisedDescriptor
+from dissect_monai.networks.presets import build_method_embedder
+from dissect_monai.utils import prepare_module
 
 __all__ = [
     "REFERENCE_ROWS",
@@ -151,10 +154,6 @@ def checkpoint_rows(
 def _frozen_model(row: EvaluationRow, settings: ProtocolSettings) -> Callable[[torch.Tensor], torch.Tensor]:
     """The feature function of a frozen row: the pretraining bundle's embedder (pooled deepest map, or a ViT's class /
     mean token), or an :class:`EncoderClassifier`'s ``[pooled feature, quantised descriptor]``."""
-    from dissect_monai.networks.classification import EncoderClassifier, QuantisedDescriptor
-    from dissect_monai.networks.presets import build_method_embedder
-    from dissect_monai.utils import prepare_module
-
     torch.manual_seed(0)
     overrides = {"depth": settings.depth}
     embedder = build_method_embedder(row.method, settings.image_size, row.checkpoint, overrides)

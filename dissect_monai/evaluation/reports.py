@@ -83,7 +83,7 @@ def label_efficiency_markdown(summary: Mapping[str, Any], labels: Mapping[str, s
             lines += [f"- {name}: AUC {ref['auc']:.3f}, accuracy {ref['acc']:.3f}" for name, ref in MEDMNIST_V2.items()]
             lines.append("")
     lines += _versus_base(summary, fractions)
-    return "\n".join(lines + ["![label efficiency](representations.png)", ""])
+    return "\n".join(lines)
 
 
 def _versus_base(summary: Mapping[str, Any], fractions: list[str], base: str = "byol") -> list[str]:
@@ -130,14 +130,17 @@ def write_label_efficiency_report(
               "summary": summary, "rows": {row.name: asdict(row) for row, _ in stored},
               "cells": {row.name: b for row, b in stored}}
     write_json(prefix.with_suffix(".json"), record)
-    prefix.with_suffix(".md").write_text(label_efficiency_markdown(summary, labels, settings, precision))
+    markdown = label_efficiency_markdown(summary, labels, settings, precision)
     panels = {spec.title: {labels[name]: [(float(f), e["test_auc"]["mean"], e["test_auc"]["std"])
                                           for f, e in s[bench]["fractions"].items() if e["test_auc"]["n"]]
                            for name, s in summary.items() if bench in s}
               for bench, spec in BENCHMARKS.items()}
     reference = ("MedMNIST v2 ResNet-18 224 px (100 %)", MEDMNIST_V2["ResNet-18 (224 px)"]["auc"])
-    label_efficiency_plot({t: c for t, c in panels.items() if c}, prefix.with_suffix(".png"),
-                          references={BENCHMARKS["kermany"].title: reference})
+    panels = {title: curves for title, curves in panels.items() if curves}
+    if panels:  # nothing stored yet: no tables and nothing to draw
+        label_efficiency_plot(panels, prefix.with_suffix(".png"), references={BENCHMARKS["kermany"].title: reference})
+        markdown += f"\n![label efficiency]({prefix.name}.png)\n"
+    prefix.with_suffix(".md").write_text(markdown)
     return record
 
 

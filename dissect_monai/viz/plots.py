@@ -57,6 +57,8 @@ def label_efficiency_plot(
         references: ``{panel title: (label, value)}``: a dotted horizontal line (e.g. a published figure).
         dashed: row labels drawn dashed (reference rows).
     """
+    if not panels:
+        raise ValueError(f"no panels to draw into {path}")
     rows = list(dict.fromkeys(label for curves in panels.values() for label in curves))
     colours = {label: plt.cm.tab20(i % 20) for i, label in enumerate(rows)}
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.4), squeeze=False)
