@@ -17,9 +17,10 @@ resumes cell by cell; :func:`summarise` reduces the stored cells to mean +- sd o
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +93,7 @@ class ProtocolSettings:
     probe_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     finetune_fractions: tuple[float, ...] = (0.1, 1.0)
     finetune_seeds: tuple[int, ...] = (0, 1, 2)
-    finetune_budget: StepBudget = field(default_factory=lambda: StepBudget(steps=300, batch_size=32,
-                                                                           val_every_steps=50))
+    finetune_budget: StepBudget = StepBudget(steps=300, batch_size=32, val_every_steps=50)
     learning_rate: float = 1e-3
     encoder_lr: float = 1e-4
     precision: str = "auto"
@@ -225,12 +225,14 @@ def finetune_cell(
     The train workflow is ``train.yaml`` + ``spec.bundle_configs`` with ``mode finetune``, ``label_fraction``,
     ``fraction_seed`` and ``seed`` = ``seed``, the row's encoder (the method's, loaded from the row's checkpoint;
     a random-init ResNet for the supervised row, whose encoder then learns at the head's rate) and the step budget;
-    ``models/model.pt`` (best val AUC) is tested on the test split. Outputs stay in ``run_dir``.
+    ``models/model.pt`` (best val AUC) is tested on the test split. Outputs stay in ``run_dir`` (emptied first: a
+    cell is only ever stored whole).
 
     Args:
         overrides: further bundle overrides by config id (e.g. ``device``).
     """
     run_dir = Path(run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)  # what an interrupted attempt left (the cell was not stored)
     configs = ["train.yaml", *spec.bundle_configs]
     common: dict[str, Any] = {
         "dataset_dir": str(data_root), "output_dir": str(run_dir / "models"), "log_dir": str(run_dir / "logs"),

@@ -86,7 +86,8 @@ def train_and_test_lung(
     budget: StepBudget, image_size: int, overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One 2D run of the lung bundle: train on ``fraction`` of train (by patient, seeded) for ``budget``, test on
-    the test split (Dice and HD95 per image on the original grid); reuses a finished ``result.json``.
+    the test split (Dice and HD95 per image on the original grid); reuses a finished ``result.json``, and starts a
+    run that has none from an empty ``run_dir``.
 
     Args:
         overrides: further bundle overrides by config id (e.g. ``num_threads``).
@@ -95,6 +96,7 @@ def train_and_test_lung(
     result_file = run_dir / "result.json"
     if result_file.is_file():
         return read_json(result_file)
+    shutil.rmtree(run_dir, ignore_errors=True)  # what an interrupted attempt left
     common: dict[str, Any] = {"ckpt_dir": str(run_dir / "models"), "output_dir": str(run_dir / "eval"), "seed": seed,
                               "image_size": image_size, "batch_size": budget.batch_size, **(overrides or {})}
     if row.method:  # the test workflow loads the trained U-Net over this architecture, so it needs no checkpoint
@@ -131,6 +133,7 @@ def train_and_test_ct(
     result_file = run_dir / "result.json"
     if result_file.is_file():
         return read_json(result_file)
+    shutil.rmtree(run_dir, ignore_errors=True)  # what an interrupted attempt left
     common = {"ckpt_dir": str(run_dir / "models"), "seed": seed, **(overrides or {})}
     start = time.time()
     run_workflow(bundle_workflow(bundle, ["train.yaml"], epochs=epochs, val_interval=max(1, epochs // 5),
