@@ -214,9 +214,10 @@ def test_finetune_cell_runs_the_classification_bundle_on_real_images(small_nih, 
     torch.save(embedder.state_dict(), checkpoint)
     [row] = checkpoint_rows("dissect", checkpoint, "dissect", SETTINGS, finetune=True)[1:]
     bundle = repo_root / "bundles" / "dissect_cxr_classification"
-    (tmp_path / "run" / "models").mkdir(parents=True)
-    (tmp_path / "run" / "models" / "model.pt").write_bytes(b"left by an interrupted attempt")
+    (tmp_path / "run" / "eval").mkdir(parents=True)
+    (tmp_path / "run" / "eval" / "roc_seed9.png").write_bytes(b"left by an interrupted attempt")
     cell = finetune_cell(row, NIH, 0.25, 0, SETTINGS, bundle, tmp_path / "run", small_nih)
+    assert not (tmp_path / "run" / "eval" / "roc_seed9.png").exists()  # the cell started from an empty folder
     data = load_benchmark(NIH, 32, tmp_path / "images", small_nih)
     assert cell.n_train == len(data.fraction_indices(0.25, 0))  # the bundle trains on the probes' label sample
     assert (cell.steps, cell.epochs) == (2, 1) and 0 <= cell.val_auc <= 1 and 0 <= cell.test_auc <= 1
