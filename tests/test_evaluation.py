@@ -162,6 +162,7 @@ def test_probe_protocol_resumes_and_reruns_a_changed_checkpoint(small_nih, tmp_p
     torch.save(build_method_embedder("byol", 32).state_dict(), checkpoint)
     data = load_benchmark(NIH, 32, tmp_path / "images", small_nih)
     assert data.images.shape == (96, 1, 32, 32) and set(data.split.tolist()) == {"train", "val", "test"}
+    assert 0 <= data.images.min() and data.images.max() <= 1 and set(data.view.tolist()) == {"AP", "PA"}
 
     def run(row: EvaluationRow) -> list[str]:
         computed: list[str] = []
@@ -278,3 +279,19 @@ def test_step_budget_validates_the_last_epoch_and_reaches_the_steps():
         assert epochs % interval == 0 and epochs * per_epoch >= budget.steps
     with pytest.raises(ValueError, match="empty"):
         budget.schedule(0)
+
+
+def test_the_decoded_benchmark_cache_is_used_only_for_the_same_datalist(small_nih, tmp_path):
+    first = load_benchmark(NIH, 32, tmp_path / "images", small_nih)
+    cache = tmp_path / "images" / "nih_32.npz"
+    mtime = cache.stat().st_mtime_ns
+    np.testing.assert_array_equal(load_benchmark(NIH, 32, tmp_path / "images", small_nih).images, first.images)
+    assert cache.stat().st_mtime_ns == mtime  # reused
+    other = tmp_path / "other"
+    (other / NIH.dataset).mkdir(parents=True)
+    os.symlink(small_nih / NIH.dataset / "images", other / NIH.dataset / "images")
+    lines = (small_nih / NIH.dataset / "labels.csv").read_text().splitlines()
+    kept = [line for line in lines if not line.endswith(",test")]  # another data root: its test split left out
+    (other / NIH.dataset / "labels.csv").write_text("\n".join(kept) + "\n")
+    second = load_benchmark(NIH, 32, tmp_path / "images", other)
+    assert len(second.label) == 72 and "test" not in set(second.split.tolist())

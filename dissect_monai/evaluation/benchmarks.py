@@ -8,6 +8,7 @@ with the same ``label_fraction`` and ``fraction_seed``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -72,13 +73,17 @@ def load_benchmark(
     spec: BenchmarkSpec, image_size: int, cache_dir: str | os.PathLike, data_root: str | os.PathLike
 ) -> BenchmarkData:
     """Decode a benchmark with the bundles' loading (``LoadMedicalImaged``, intensity in [0, 1], area resize to
-    ``image_size``), cached as ``<cache_dir>/<name>_<size>.npz`` (written atomically)."""
+    ``image_size``), cached as ``<cache_dir>/<name>_<size>.npz`` (written atomically); the cache is used only for
+    the same datalist (image files, labels and splits), so another data root or an edited CSV is decoded again."""
+    items = [it for split in ("train", "val") for it in dataset_datalist(spec.dataset, split, data_root)]
+    items += dataset_datalist(spec.dataset, "test", data_root, drop_duplicates=False)
+    listing = "\n".join(f"{it['image']},{it[spec.label_key]},{it['split']},{it['patient_id']}" for it in items)
+    fingerprint = hashlib.sha1(listing.encode("utf-8")).hexdigest()[:16]
     cache = Path(cache_dir) / f"{spec.name}_{image_size}.npz"
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
-            return BenchmarkData(**{f.name: z[f.name] for f in fields(BenchmarkData)})
-    items = [it for split in ("train", "val") for it in dataset_datalist(spec.dataset, split, data_root)]
-    items += dataset_datalist(spec.dataset, "test", data_root, drop_duplicates=False)
+            if str(z["fingerprint"]) == fingerprint:
+                return BenchmarkData(**{f.name: z[f.name] for f in fields(BenchmarkData)})
     load = Compose([LoadMedicalImaged(keys="image"),
                     Resized(keys="image", spatial_size=(image_size, image_size), mode="area")])
     data = BenchmarkData(
@@ -89,5 +94,6 @@ def load_benchmark(
         view=np.array([str(it.get("view", "")) for it in items]),
         image=np.array([Path(it["image"]).name for it in items]),
     )
-    atomic_write(cache, lambda f: np.savez(f, **{k.name: getattr(data, k.name) for k in fields(BenchmarkData)}))
+    arrays = {f.name: getattr(data, f.name) for f in fields(BenchmarkData)}
+    atomic_write(cache, lambda f: np.savez(f, fingerprint=fingerprint, **arrays))
     return data
