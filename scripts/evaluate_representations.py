@@ -117,7 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def load_benchmark(bench: str, size: int, work_dir: Path, data_root: str | None) -> dict[str, np.ndarray]:
     """Decoded images ``(N, 1, size, size)`` float16 in [0, 1] + labels, patient ids, split, view; cached as npz.
 
-    Images go through the project's loader (``LoadMedicalImaged``, intensity "unit") and an area resize,
+    Images go through the project's loader (``load_image_transforms``, intensity "unit") and an area resize,
     the preprocessing of the pretraining bundle. Kermany keeps every official test image (624, the
     MedMNIST split) and drops the byte-identical copies within train / val.
     """
@@ -127,13 +127,13 @@ def load_benchmark(bench: str, size: int, work_dir: Path, data_root: str | None)
             return {k: z[k] for k in z.files}
     from monai.transforms import Compose, Resized
 
-    from dissect_monai.transforms import LoadMedicalImaged
+    from dissect_monai.transforms import load_image_transforms
 
     name = BENCHMARKS[bench]["dataset"]
     items = dataset_datalist(name, ("train", "val"), data_root) + dataset_datalist(
         name, "test", data_root, drop_duplicates=False
     )
-    load = Compose([LoadMedicalImaged(keys="image"), Resized(keys="image", spatial_size=(size, size), mode="area")])
+    load = Compose([*load_image_transforms("image"), Resized(keys="image", spatial_size=(size, size), mode="area")])
     images = np.stack([np.asarray(load({"image": it["image"]})["image"], dtype=np.float16) for it in items])
     data = {
         "images": images,
@@ -438,7 +438,7 @@ def write_report(work_dir: Path, prefix: Path, args: argparse.Namespace) -> None
     report = {
         "protocol": {
             "image_size": args.image_size, "backbone": f"ResNet-{args.depth} (MONAI, stride-2 stem), 1 input channel",
-            "preprocessing": "LoadMedicalImaged (intensity unit, [0,1]) + area resize; no normalisation",
+            "preprocessing": "LoadImaged(MedicalImageReader) + MedicalIntensityd (unit, [0,1]) + area resize; no normalisation",
             "probe": "standardised features, L2 logistic regression, C in 1e-4..10 picked on val ROC AUC (full val)",
             "fractions": "patient-level samples of train (dissect_monai.data.sample_label_fraction), seeds 0-4",
             "knn": "k=20, cosine, majority vote, 100 % of train, test accuracy",

@@ -32,7 +32,7 @@ import torch
 from monai.transforms import Compose, EnsureTyped, Resized
 
 from dissect_monai.networks.presets import METHODS_DIR, build_method_embedder
-from dissect_monai.transforms import LoadMedicalImaged
+from dissect_monai.transforms import load_image_transforms
 from dissect_monai.viz import (
     anchor_similarity,
     code_index_maps,
@@ -80,7 +80,7 @@ def test_images(data_root: Path, count: int, image_size: int) -> tuple[torch.Ten
         if pick is not None:
             picks.append(pick)
     load = Compose([
-        LoadMedicalImaged(keys="image"),
+        *load_image_transforms("image"),
         Resized(keys="image", spatial_size=(image_size, image_size), mode="area"),
         EnsureTyped(keys="image", track_meta=False),
     ])

@@ -1,7 +1,7 @@
 """Self-supervised view generation, 2D and 3D: random resized crops with intensity augmentation, two asymmetric
 views (BYOL), multi-crop (global + local, DINO) and patch masks (MAE random, I-JEPA blocks).
 
-Inputs are channel-first images in [0, 1] (``(C, H, W)`` or ``(C, X, Y, Z)``, e.g. from ``LoadMedicalImaged``);
+Inputs are channel-first images in [0, 1] (``(C, W, H)`` or ``(C, X, Y, Z)``, e.g. from ``load_image_transforms``);
 views are plain float32 ``torch.Tensor`` network inputs (their geometry no longer matches the source affine, so
 no metadata is carried).
 """
