@@ -1,6 +1,7 @@
 """Data-loading throughput on the real NIH chest X-rays: decode + transforms, uncached vs cached, 1 and 2 workers.
 
-Pipeline = the pretraining input path: ``LoadImaged(reader=MedicalImageReader)`` -> ``MedicalIntensityd`` -> ``Resized`` (area, cache size) -> ``EnsureTyped``
+Pipeline = the pretraining input path: ``LoadImaged(reader=MedicalImageReader)`` -> ``MedicalIntensityd`` ->
+``Resized`` (area, cache size) -> ``EnsureTyped``
 (deterministic, cacheable) -> ``byol_views_2d`` preset (two random 64 px views). Writes
 ``results/data_throughput.json`` and ``results/data_throughput.md`` (with the machine load at the time, since
 other jobs may share the CPU).
@@ -68,7 +69,8 @@ def main() -> None:
     load_before = os.getloadavg()
     results: dict = {
         "dataset": "nih-cxr-pneumonia", "images": len(items), "batch_size": args.batch_size,
-        "pipeline": f"LoadImaged(MedicalImageReader) -> MedicalIntensityd -> Resized({args.cache_size}, area) -> EnsureTyped -> byol_views_2d (2x64 px)",
+        "pipeline": f"LoadImaged(MedicalImageReader) -> MedicalIntensityd -> Resized({args.cache_size}, area) -> "
+                    "EnsureTyped -> byol_views_2d (2x64 px)",
         "cpu_count": os.cpu_count(), "torch_threads": 1, "platform": platform.platform(),
         "monai": monai.__version__, "torch": torch.__version__, "runs": [],
     }

@@ -147,7 +147,9 @@ def real_views(sizes: list[int], batch: int, seed: int = 0) -> dict[str, tuple]:
     import torch
     from PIL import Image
 
-    data = Path(os.environ.get("DISSECT_DATA_DIR", REPO.parent / "shared" / "data")) / "nih-cxr-pneumonia"
+    from dissect_monai.data import default_data_root
+
+    data = default_data_root() / "nih-cxr-pneumonia"
     lines = (data / "labels.csv").read_text().splitlines()[1:]
     names = [line.split(",", 1)[0] for line in lines if line.rstrip().endswith(",train")][:batch]
     if len(names) < batch:

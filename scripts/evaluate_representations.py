@@ -438,7 +438,8 @@ def write_report(work_dir: Path, prefix: Path, args: argparse.Namespace) -> None
     report = {
         "protocol": {
             "image_size": args.image_size, "backbone": f"ResNet-{args.depth} (MONAI, stride-2 stem), 1 input channel",
-            "preprocessing": "LoadImaged(MedicalImageReader) + MedicalIntensityd (unit, [0,1]) + area resize; no normalisation",
+            "preprocessing": "LoadImaged(MedicalImageReader) + MedicalIntensityd (unit, [0,1]) + area resize; "
+                             "no normalisation",
             "probe": "standardised features, L2 logistic regression, C in 1e-4..10 picked on val ROC AUC (full val)",
             "fractions": "patient-level samples of train (dissect_monai.data.sample_label_fraction), seeds 0-4",
             "knn": "k=20, cosine, majority vote, 100 % of train, test accuracy",

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from monai.transforms import Compose, EnsureTyped, Resized
 
+from dissect_monai.data import default_data_root
 from dissect_monai.networks.presets import METHODS_DIR, build_method_embedder
 from dissect_monai.transforms import load_image_transforms
 from dissect_monai.viz import (
@@ -106,10 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-size", type=int, default=64, help="size of the runs given with --run")
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--typical-images", type=int, default=32, help="test images searched for typical code patches")
-    ap.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--data-root", type=Path, default=None, help="default: $DISSECT_DATA_DIR or ../shared/data")
     ap.add_argument("--out", type=Path, default=REPO / "results" / "maps")
     ap.add_argument("--no-random", action="store_true", help="leave out the random-init reference rows")
     args = ap.parse_args(argv)
+    args.data_root = args.data_root or default_data_root()
     torch.manual_seed(0)
 
     runs = discover_runs(args.runs_dir) if not args.run else []

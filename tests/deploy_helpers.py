@@ -2,9 +2,9 @@
 helper is :mod:`dissect_monai.deploy.orthanc`, re-exported here).
 
 The tiny bundles are complete MONAI bundles (metadata, YAML inference config with ``network_def``,
-``preprocessing`` through ``LoadImaged(reader=MedicalImageReader)`` + ``MedicalIntensityd``, ``inferer``, ``postprocessing``
-with ``Invertd``, and a randomly initialised real MONAI network saved as ``models/model.pt``). They exercise
-the generic bundle contract the node relies on; they are not trained.
+``preprocessing`` through ``LoadImaged(reader=MedicalImageReader)`` + ``MedicalIntensityd``, ``inferer``,
+``postprocessing`` with ``Invertd``, and a randomly initialised real MONAI network saved as ``models/model.pt``).
+They exercise the generic bundle contract the node relies on; they are not trained.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The image reader (a MONAI ``ImageReader`` for PNG/JPEG, NIfTI, DICOM files and series), datalists (CSV, folders, DICOM trees, the project's datasets and pretraining pool), patient-level splits,
-label-fraction sampling, and datasets that skip and count unreadable images."""
+"""The image reader (a MONAI ``ImageReader`` for PNG/JPEG, NIfTI, DICOM files and series), datalists (CSV, folders,
+DICOM trees, the project's datasets and pretraining pool), patient-level splits, label-fraction sampling, and datasets
+that skip and count unreadable images."""
 
 from dissect_monai.data.datalists import (
     DATA_DIR_VARIABLE,

@@ -222,7 +222,8 @@ def dicom_datalist(root: str | os.PathLike, recursive: bool = True, salt: str = 
     """Datalist from a folder of DICOM files, grouped into studies and series by UID.
 
     A series of a volumetric modality (CT, MR, PT, NM) whose instances all carry a position becomes one
-    item whose ``"image"`` is the list of its files (load it with ``LoadImaged(reader=MedicalImageReader())``); other instances
+    item whose ``"image"`` is the list of its files (load it with
+    ``LoadImaged(reader=MedicalImageReader())``); other instances
     (CR, DX, MG, single slices, multi-frame objects) are one item each. Non-DICOM files and non-image objects
     (SR, KO, PR: no ``Rows``) are ignored; unreadable or empty DICOM files are skipped with one warning naming
     them. Paths are never built from tag values.

@@ -171,9 +171,10 @@ class SaveLabelMapd(SaveImaged):
     channel squeezed) as it is, no resampling.
 
     Writes ``output_dir/<input stem><postfix>.nii.gz`` (uint8, the MetaTensor's RAS affine, which NIfTI also uses)
-    and, for 2D label maps, ``...<postfix>.png`` (with the input's rows and columns, values multiplied by ``png_scale``: 255 makes
-    a binary mask visible). The paths go to ``d[f"{key}_saved"]``. It is a ``SaveImaged`` so that MONAI Label, which
-    removes ``SaveImaged`` from a bundle's post-processing and returns the result itself, leaves it out too.
+    and, for 2D label maps, ``...<postfix>.png`` (the input's rows and columns, values multiplied by ``png_scale``:
+    255 makes a binary mask visible). The paths go to ``d[f"{key}_saved"]``. It is a ``SaveImaged`` so that MONAI
+    Label, which removes ``SaveImaged`` from a bundle's post-processing and returns the result itself, leaves it out
+    too.
 
     Args:
         keys: label-map keys.
