@@ -9,25 +9,28 @@ from monai.data import CacheDataset, DataLoader
 from monai.transforms import Compose, EnsureTyped, Resized
 
 from dissect_monai.transforms import (
-    LoadMedicalImage,
-    LoadMedicalImaged,
     MultiCropd,
     RandomView,
     RandPatchMaskd,
     TwoViewsd,
+    load_image_transforms,
     load_transform_preset,
 )
 from dissect_monai.transforms.presets import PRESET_DIR
 
 
+def _load(path, **intensity) -> torch.Tensor:
+    return Compose(load_image_transforms("image", **intensity))({"image": str(path)})["image"].as_tensor()
+
+
 @pytest.fixture(scope="module")
 def cxr(data_root) -> torch.Tensor:
-    return LoadMedicalImage()(data_root / "nih-cxr-pneumonia/images/00000061_012.png").as_tensor()
+    return _load(data_root / "nih-cxr-pneumonia/images/00000061_012.png")
 
 
 @pytest.fixture(scope="module")
 def ct(data_root) -> torch.Tensor:
-    return LoadMedicalImage(window=(40, 400))(data_root / "totalseg-ct/example_ct_sm.nii.gz").as_tensor()
+    return _load(data_root / "totalseg-ct/example_ct_sm.nii.gz", window=(40, 400))
 
 
 def high_frequency(x: torch.Tensor) -> float:
@@ -144,7 +147,7 @@ def test_views_after_cached_deterministic_part(data_root):
     """Deterministic load+resize cached once; views drawn fresh per epoch and batched by a DataLoader."""
     files = sorted((data_root / "nih-cxr-pneumonia/images").iterdir())[:8]
     pipeline = Compose([
-        LoadMedicalImaged("image"),
+        *load_image_transforms("image"),
         Resized("image", spatial_size=(96, 96), mode="area"),
         EnsureTyped("image", track_meta=False),
         load_transform_preset("byol_views_2d"),
