@@ -182,10 +182,14 @@ def ct_model(tmp_path_factory) -> Path:
     return model
 
 
-def test_ct_inference_on_dicom_series_writes_one_segment_per_organ(ct_model, data_root, tmp_path):
+@pytest.mark.parametrize("given_as", ["directory", "files"])
+def test_ct_inference_on_dicom_series_writes_one_segment_per_organ(ct_model, data_root, tmp_path, given_as):
+    """The series as a directory (the PACS node) or as the list of its files (``dicom_datalist``, the bundle's own
+    datalist): the same SEG, whose source instances are found beside the first file."""
     series = data_root / "totalseg-ct" / "example_ct_dicom"
     files = sorted(p for p in series.iterdir() if p.is_file())
-    _infer(CT, ct_model, [{"image": str(series)}], tmp_path)
+    source = str(series) if given_as == "directory" else [str(f) for f in files]
+    _infer(CT, ct_model, [{"image": source}], tmp_path)
 
     nifti = nib.load(_only(tmp_path, "*_seg.nii.gz"))
     image = _load(series, "hu")

@@ -140,7 +140,9 @@ class SaveDicomSegd(MapTransform):
                 # anonymised sources with blanked UIDs: the SEG references UIDs derived from the series folder
                 # (deterministic, the same as the PACS node assigns), since it must reference something
                 logger.warning("source instances lack Study/Series/SOP Instance UIDs; deriving them for the SEG")
-                assign_missing_uids(sources, namespace=Path(str(meta["filename_or_obj"])).name)
+                origin = Path(str(meta["filename_or_obj"]))  # a file, a series folder, or a series' first file
+                folder = origin.parent if origin.is_file() and len(sources) > 1 else origin
+                assign_missing_uids(sources, namespace=folder.name)
             frames = label_map_to_frames(labels, sources, affine=affine, space=str(meta.get("space", "RAS")))
             seg = build_segmentation(
                 sources,
