@@ -18,6 +18,7 @@ from dissect_monai.data import (
     LABEL_FRACTIONS,
     csv_datalist,
     dataset_datalist,
+    default_data_root,
     dicom_datalist,
     folder_datalist,
     pool_summary,
@@ -204,3 +205,22 @@ def test_volume_and_dicom_datasets_load_through_datalists_and_views(data_root):
                         EnsureTyped("image", track_meta=False), load_transform_preset("byol_views_2d")])
     batch = next(iter(DataLoader(Dataset(radiographs, pipeline), batch_size=2)))
     assert batch["image"].shape == (2, 1, 64, 64)
+
+
+def test_default_data_root_from_the_variable_or_the_working_directory(data_root, tmp_path, monkeypatch):
+    """One source of the data root: $DISSECT_DATA_DIR, else ../shared/data from the current directory (never a
+    path found through the installed package), else an error that names the variable."""
+    monkeypatch.setenv("DISSECT_DATA_DIR", str(data_root))
+    assert default_data_root() == data_root.resolve()
+    monkeypatch.delenv("DISSECT_DATA_DIR")
+    repo = tmp_path / "checkout"
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    repo.mkdir()
+    monkeypatch.chdir(repo)
+    assert default_data_root() == (tmp_path / "shared" / "data").resolve()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="DISSECT_DATA_DIR is not set.*set DISSECT_DATA_DIR"):
+        default_data_root()
+    monkeypatch.setenv("DISSECT_DATA_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="nowhere is not a directory"):
+        default_data_root()
