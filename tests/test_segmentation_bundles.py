@@ -25,7 +25,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from dissect_monai.data.dicom_reader import sop_instance_uid
-from dissect_monai.deploy import assign_missing_uids, label_map_to_frames
+from dissect_monai.dicom import assign_missing_uids, label_map_to_frames
 from dissect_monai.transforms import load_image_transforms
 
 REPO = Path(__file__).resolve().parents[1]
