@@ -30,7 +30,8 @@ __all__ = ["build_wheel", "wheel_venv", "clean_env"]
 def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
     if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+        output = result.stdout[-3000:] + result.stderr[-3000:]
+        raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}):\n{output}")
     return result
 
 

@@ -33,8 +33,9 @@ def check_bundle_root(bundle_root: str | os.PathLike, expected_name: str) -> Pat
         f"run from inside the {expected_name} folder, or pass --bundle_root <path to {expected_name}> "
         f"(bundle_root={str(bundle_root)!r}, resolved to {root})"
     )
-    if not (root / "configs" / "metadata.json").is_file():
-        raise BundleRootError(f"bundle_root is not a bundle folder: {root / 'configs' / 'metadata.json'} not found; {how}")
+    metadata = root / "configs" / "metadata.json"
+    if not metadata.is_file():
+        raise BundleRootError(f"bundle_root is not a bundle folder: {metadata} not found; {how}")
     if root.name != expected_name:
         raise BundleRootError(f"bundle_root is the folder of bundle {root.name!r}, not {expected_name!r}; {how}")
     return root
