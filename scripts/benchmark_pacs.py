@@ -42,7 +42,7 @@ from pynetdicom import AE
 
 from dissect_monai.deploy.bundle_runner import untrained_copy
 from dissect_monai.deploy.config import DestinationConfig, load_node_config
-from dissect_monai.deploy.dicom_io import assign_missing_uids
+from dissect_monai.dicom.uids import assign_missing_uids
 from dissect_monai.deploy.jobs import series_matches
 from dissect_monai.deploy.node import InferenceNode
 from dissect_monai.deploy.orthanc import LocalOrthanc, free_port, wait_for

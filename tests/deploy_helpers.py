@@ -25,7 +25,7 @@ from monai.bundle import ConfigParser
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
 
 from dissect_monai.deploy.bundle_runner import untrained_copy
-from dissect_monai.deploy.dicom_io import assign_missing_uids
+from dissect_monai.dicom.uids import assign_missing_uids
 from dissect_monai.deploy.orthanc import LocalOrthanc as Orthanc
 from dissect_monai.deploy.orthanc import free_port, orthanc_available, wait_for
 

@@ -22,7 +22,7 @@ from pynetdicom.sop_class import Verification
 
 from dissect_monai.deploy.bundle_runner import BundleRunner
 from dissect_monai.deploy.config import NodeConfig
-from dissect_monai.deploy.jobs import StudyProcessor
+from dissect_monai.deploy.jobs import FAILURE_CATEGORIES, JobRunner, StudyProcessor
 from dissect_monai.deploy.sender import SendError, send_c_store, send_stow_rs
 from dissect_monai.deploy.spool import Spool
 
@@ -37,9 +37,12 @@ _STATUS_CANNOT_UNDERSTAND = 0xC000
 
 
 class Metrics:
-    """Thread-safe counters since start: received, rejected, processed, failed, sent, send_errors."""
+    """Thread-safe counters since start: received, rejected, processed, failed, sent, send_errors; and per
+    failure category (``failed_<category>``, see :data:`dissect_monai.deploy.jobs.FAILURE_CATEGORIES`) with
+    ``failure_reports`` (failure SRs published) and ``not_assessed`` (SRs for inputs the quality gate flagged)."""
 
-    _NAMES = ("received", "rejected", "processed", "failed", "sent", "send_errors")
+    _NAMES = ("received", "rejected", "processed", "failed", "sent", "send_errors", "failure_reports", "not_assessed",
+              *(f"failed_{category}" for category in FAILURE_CATEGORIES))
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -73,10 +76,12 @@ class InferenceNode:
         torch.set_num_threads(max(1, int(config.torch_threads)))
         if runners is None:
             runners = {
-                p.name: BundleRunner(p.bundle, config_file=p.config_file, model_file=p.model_file)
+                p.name: BundleRunner(p.bundle, config_file=p.config_file, model_file=p.model_file,
+                                     quality_gate_file=p.quality_gate)
                 for p in config.pipelines
             }
         self.processor = StudyProcessor(config.pipelines, runners)
+        self.jobs = JobRunner(self.processor, self.spool, config.results, node_name=config.ae_title)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._scp = None
@@ -190,20 +195,26 @@ class InferenceNode:
 
     def run_job(self, job: str) -> None:
         """Process one claimed job to ``outbox/`` + ``done/``, or ``failed/`` with a reason file."""
-        if self.spool.has_results(job):  # finished before a crash; only the bookkeeping is left
-            self.spool.complete(job, [])
-            return
         started = time.perf_counter()
         try:
-            results = self.processor.process(self.spool.job_instances(job))
-            count = self.spool.complete(job, results)
+            outcome = self.jobs.run(job)
         except Exception as err:  # noqa: BLE001 - a failing job never stops the node
-            self.spool.fail(job, f"{type(err).__name__}: {err}\n")
+            self.spool.fail(job, f"category: internal\ncause: {type(err).__name__}\n")
             self.metrics.add("failed")
+            self.metrics.add("failed_internal")
             logger.error("job %s failed: %s (moved to failed/)", job, type(err).__name__)
             return
-        self.metrics.add("processed")
-        logger.info("job %s done: %d result instance(s) in %.1f s", job, count, time.perf_counter() - started)
+        if outcome.status == "failed":
+            self.metrics.add("failed")
+            self.metrics.add(f"failed_{outcome.category}")
+            self.metrics.add("failure_reports", outcome.results)
+            logger.error("job %s failed (%s), moved to failed/; %d failure report(s)", job, outcome.category,
+                         outcome.results)
+        elif outcome.status == "processed":
+            self.metrics.add("processed")
+            self.metrics.add("not_assessed", outcome.not_assessed)
+            logger.info("job %s done: version %d, %d result instance(s) in %.1f s", job, outcome.version,
+                        outcome.results, time.perf_counter() - started)
 
     # ---------------------------------------------------------------- sending
     def _send_loop(self) -> None:
