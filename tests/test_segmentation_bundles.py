@@ -118,7 +118,7 @@ def test_lung_train_then_evaluate_on_real_test_images(lung_model, data_root, tmp
 
 def _infer(bundle: Path, model: Path, inputs: list[dict], out: Path) -> None:
     wf = _workflow(
-        bundle, ["inference.yaml"], "infer",
+        bundle, ["inference.yaml", "inference_files.yaml"], "infer",
         ckpt_path=str(model), output_dir=str(out), dataset_dir=str(out), datalist=inputs,
     )
     wf.run()
