@@ -38,11 +38,13 @@ HARNESS = Path(__file__).resolve().parent / "deploy_sdk_harness.py"
 APP = REPO / "examples" / "deploy_ct_segmentation" / "app.py"
 # TorchScript export needs fp32 modules (no autocast wrapper)
 EXPORT_OVERRIDES = {"dissect_cxr_classification": {"precision": "fp32"}, "dissect_cxr_pretrain": {"precision": "fp32"}}
-# Not met yet: the operator drops only LoadImage* transforms, so the bundles' LoadMedicalImaged stays in
-# `preprocessing` and receives the in-memory Image (a MetaTensor in MONAI's layout, no channel) instead of a path,
-# and fails on it. Strict: these start failing (XPASS) once the bundles accept an in-memory image.
-IN_MEMORY_GAP = pytest.mark.xfail(strict=True, raises=AssertionError,
-                                  reason="LoadMedicalImaged reads only paths; Deploy feeds an in-memory Image")
+# Not met for the 2D lung bundle: its postprocessing ends with SqueezeDimd(dim=0), because MONAI Label 0.8.5's
+# Restored keeps a 3-dimensional (1, W, H) result and its writer would then save a 3D image; the SDK's _send_output
+# (SDK 4.0.0 l. 959-987) calls np.squeeze(value, 0) on a channel-first [C]WH[D] prediction, which fails on a
+# channel-less (W, H) mask. The two tools want opposite 2D layouts from one inference.yaml. Strict: this test starts
+# failing (XPASS) once one config satisfies both.
+TWO_D_LAYOUT_GAP = pytest.mark.xfail(strict=True, raises=AssertionError,
+                                     reason="2D mask squeezed for MONAI Label; Deploy's _send_output needs a channel")
 
 
 @pytest.mark.parametrize("name", ["dissect_cxr_pretrain", "dissect_cxr_classification",
@@ -117,7 +119,7 @@ def _in_memory(array: np.ndarray, affine: np.ndarray, output_type: str = "image"
     return {"array": array, "metadata": meta, "output_type": output_type}
 
 
-@IN_MEMORY_GAP
+@TWO_D_LAYOUT_GAP
 def test_lung_segmentation_gives_a_mask_of_the_input_size(deploy_python, data_root, tmp_path):
     bundle = _exported_bundle("dissect_cxr_lung_segmentation", tmp_path)
     image = _radiograph(data_root)
@@ -126,7 +128,6 @@ def test_lung_segmentation_gives_a_mask_of_the_input_size(deploy_python, data_ro
     assert set(np.unique(out["array"])) <= {0, 1}
 
 
-@IN_MEMORY_GAP
 def test_ct_segmentation_gives_a_label_map_on_the_input_grid(deploy_python, data_root, tmp_path):
     bundle = _exported_bundle("dissect_ct_segmentation", tmp_path)
     volume = nib.load(data_root / "totalseg-ct" / "example_ct_sm.nii.gz")
@@ -136,7 +137,6 @@ def test_ct_segmentation_gives_a_label_map_on_the_input_grid(deploy_python, data
     assert set(np.unique(out["array"])) <= set(range(5))
 
 
-@IN_MEMORY_GAP
 def test_classification_gives_one_probability_per_class(deploy_python, data_root, tmp_path):
     bundle = _exported_bundle("dissect_cxr_classification", tmp_path)
     out = _run_operator(deploy_python, bundle, _in_memory(_radiograph(data_root), np.eye(3), "probabilities"),
@@ -145,14 +145,12 @@ def test_classification_gives_one_probability_per_class(deploy_python, data_root
     assert out["probabilities"].shape == (1,) and 0.0 <= float(out["probabilities"][0]) <= 1.0
 
 
-@IN_MEMORY_GAP
 def test_pretraining_embedder_gives_the_embedding(deploy_python, data_root, tmp_path):
     bundle = _exported_bundle("dissect_cxr_pretrain", tmp_path)
     out = _run_operator(deploy_python, bundle, _in_memory(_radiograph(data_root), np.eye(3), "tuples"), tmp_path)
     assert out.shape == (512,) and np.isfinite(out).all()
 
 
-@IN_MEMORY_GAP
 def test_example_app_writes_a_dicom_seg_for_the_ct_series(deploy_python, data_root, tmp_path):
     bundle = _exported_bundle("dissect_ct_segmentation", tmp_path / "bundles")
     # the series is anonymised (blank UIDs and SeriesNumber, which the SDK's loader reads): fill them as a PACS has

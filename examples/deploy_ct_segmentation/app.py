@@ -10,8 +10,7 @@ the operator reads); its transforms come from the ``dissect_monai`` package, whi
     python <this file> -i <folder of one CT study's DICOM files> -o <output folder> -m models/model.ts
 
 It writes one BINARY DICOM SEG (one segment per organ of the bundle's ``channel_def``) into the output folder.
-Not working yet: the bundle's loader (``LoadMedicalImaged``) survives the operator's ``LoadImage*`` filter and fails
-on the in-memory volume (``tests/test_deploy_sdk.py`` marks this run as an expected failure).
+``tests/test_deploy_sdk.py`` runs it on the real CT series and checks the SEG.
 Research only, not for clinical use.
 """
 
