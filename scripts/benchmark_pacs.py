@@ -40,6 +40,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
+from dissect_monai.data import default_data_root
 from dissect_monai.deploy.bundle_runner import untrained_copy
 from dissect_monai.deploy.config import DestinationConfig, load_node_config
 from dissect_monai.dicom.uids import assign_missing_uids
@@ -48,9 +49,8 @@ from dissect_monai.deploy.node import InferenceNode
 from dissect_monai.deploy.orthanc import LocalOrthanc, free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
-SIIM_CR = DATA / "dicom-samples" / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
-CT_SERIES = DATA / "totalseg-ct" / "example_ct_dicom"
+SIIM_CR = Path("dicom-samples", "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm")  # under the data root
+CT_SERIES = Path("totalseg-ct", "example_ct_dicom")
 
 
 def _encode(ds: pydicom.Dataset) -> bytes:
@@ -217,8 +217,10 @@ def main() -> None:
         logging.getLogger(chatty).setLevel(logging.WARNING)
     warnings.simplefilter("ignore", UserWarning)
 
-    chest_crs = [pydicom.dcmread(SIIM_CR), pydicom.dcmread(get_testdata_file("RG1_UNCR.dcm"))]
-    ct = assign_missing_uids([pydicom.dcmread(p) for p in sorted(CT_SERIES.iterdir())], CT_SERIES.name)
+    data = default_data_root()
+    chest_crs = [pydicom.dcmread(data / SIIM_CR), pydicom.dcmread(get_testdata_file("RG1_UNCR.dcm"))]
+    ct_series = data / CT_SERIES
+    ct = assign_missing_uids([pydicom.dcmread(p) for p in sorted(ct_series.iterdir())], ct_series.name)
     with tempfile.TemporaryDirectory(prefix="pacs-bench-") as tmp:
         scratch = Path(tmp)
         config = load_node_config(args.config)

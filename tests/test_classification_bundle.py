@@ -7,6 +7,7 @@ every output goes to pytest's temporary directory, never into the repository.
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -128,12 +129,11 @@ def test_evaluation_writes_auc_overall_per_view_and_roc(trained):
 
 def test_inference_on_real_dicom_gives_one_sigmoid_probability_per_class(trained, data_root, tmp_path):
     out = tmp_path / "pred"
-    _run(_workflow("infer", ["inference.yaml"], data_root, ckpt_path=str(trained["model"]), use_descriptor=True,
-                   dataset_dir=str(data_root / "dicom-samples"), output_dir=str(out)))
-    result = json.loads((out / (Path(SIIM_DICOM).stem + ".json")).read_text())
-    assert result["source"] == SIIM_DICOM
-    assert list(result["probabilities"]) == ["pneumonia"]
-    assert 0.0 <= result["probabilities"]["pneumonia"] <= 1.0
+    _run(_workflow("infer", ["inference.yaml", "inference_files.yaml"], data_root, ckpt_path=str(trained["model"]),
+                   use_descriptor=True, dataset_dir=str(data_root / "dicom-samples"), output_dir=str(out)))
+    rows = _predictions(out)
+    assert len(rows[SIIM_DICOM]) == 1  # one probability: pneumonia
+    assert 0.0 <= rows[SIIM_DICOM][0] <= 1.0
 
 
 def test_inference_multilabel_findings_uses_class_names(data_root, tmp_path):
@@ -147,12 +147,19 @@ def test_inference_multilabel_findings_uses_class_names(data_root, tmp_path):
         net.head.bias.fill_(2.0)  # every class likely: a softmax would force the sum to 1, sigmoids do not
     torch.save(net.state_dict(), tmp_path / "model.pt")
     out = tmp_path / "pred"
-    _run(_workflow("infer", ["inference.yaml", "nih_findings.yaml"], data_root, ckpt_path=str(tmp_path / "model.pt"),
-                   dataset_dir=str(data_root / "dicom-samples"), output_dir=str(out)))
-    probs = json.loads((out / (Path(SIIM_DICOM).stem + ".json")).read_text())["probabilities"]
-    assert list(probs) == NIH_FINDINGS
-    assert all(0.0 <= p <= 1.0 for p in probs.values())
-    assert sum(probs.values()) > 1.5
+    _run(_workflow("infer", ["inference.yaml", "nih_findings.yaml", "inference_files.yaml"], data_root,
+                   ckpt_path=str(tmp_path / "model.pt"), dataset_dir=str(data_root / "dicom-samples"),
+                   output_dir=str(out)))
+    probs = _predictions(out)[SIIM_DICOM]
+    assert len(probs) == len(NIH_FINDINGS)  # one column per finding, in class_names order
+    assert all(0.0 <= p <= 1.0 for p in probs)
+    assert sum(probs) > 1.5
+
+
+def _predictions(output_dir: Path) -> dict[str, list[float]]:
+    """SaveClassificationd's ``predictions.csv``: source file name -> probabilities in class_names order."""
+    with open(output_dir / "predictions.csv", newline="") as f:
+        return {Path(row[0]).name: [float(v) for v in row[1:]] for row in csv.reader(f)}
 
 
 def _messages(exc: BaseException) -> str:

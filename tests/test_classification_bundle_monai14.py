@@ -5,6 +5,7 @@ SIIM CR DICOM, verify_net_in_out and TorchScript export. Skipped when that envir
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 from pathlib import Path
@@ -43,12 +44,12 @@ def test_bundle_trains_evaluates_infers_and_exports_on_monai_1_4(tmp_path, data_
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert set(report["auc_by_view"]) == {"AP", "PA"} and 0 <= report["auc"]["pneumonia"] <= 1
 
-    run_bundle(BUNDLE, "run", ["inference.yaml"], {"dataset_dir": data_root / "dicom-samples",
-                                                   "output_dir": tmp_path / "pred", "ckpt_path": model,
-                                                   "use_descriptor": True}, tmp_path)
-    result = json.loads((tmp_path / "pred" / (Path(SIIM_DICOM).stem + ".json")).read_text())
-    assert result["source"] == SIIM_DICOM
-    assert list(result["probabilities"]) == ["pneumonia"] and 0 <= result["probabilities"]["pneumonia"] <= 1
+    run_bundle(BUNDLE, "run", ["inference.yaml", "inference_files.yaml"],
+               {"dataset_dir": data_root / "dicom-samples", "output_dir": tmp_path / "pred", "ckpt_path": model,
+                "use_descriptor": True}, tmp_path)
+    with open(tmp_path / "pred" / "predictions.csv", newline="") as f:
+        rows = {Path(row[0]).name: [float(v) for v in row[1:]] for row in csv.reader(f)}
+    assert len(rows[SIIM_DICOM]) == 1 and 0 <= rows[SIIM_DICOM][0] <= 1  # one probability: pneumonia
 
     # with the descriptor, the network's quantizer is the one stored in the bundle's checkpoint (ckpt_path)
     with_descriptor = {"use_descriptor": True, "ckpt_path": model}

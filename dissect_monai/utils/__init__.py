@@ -1,12 +1,16 @@
-"""Utilities shared by the engines and bundles: precision policy (with its GEMM convolutions) and torchrun helpers."""
+"""Utilities shared by the engines and bundles: precision policy (with its GEMM convolutions), torchrun helpers,
+bundle checks."""
 
+from .bundle import BundleRootError, check_bundle_root
 from .distributed import distributed_device, init_distributed, wrap_ddp
 from .gemm_conv import GemmConv2d, GemmConv3d, convert_to_gemm_conv
 from .precision import PrecisionPolicy, cpu_has_amx, cpu_supports_bf16, prepare_module, resolve_precision
 
 __all__ = [
+    "BundleRootError",
     "GemmConv2d",
     "GemmConv3d",
+    "check_bundle_root",
     "PrecisionPolicy",
     "convert_to_gemm_conv",
     "cpu_has_amx",

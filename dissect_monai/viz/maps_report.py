@@ -22,7 +22,7 @@ from monai.transforms import Compose, EnsureTyped, Resized
 
 from dissect_monai.data import dataset_datalist
 from dissect_monai.networks.presets import build_method_embedder
-from dissect_monai.transforms import LoadMedicalImaged
+from dissect_monai.transforms import load_image_transforms
 from dissect_monai.viz import maps, panels
 
 __all__ = ["budget_note", "maps_markdown", "nih_test_images", "write_encoder_maps"]
@@ -41,7 +41,7 @@ def nih_test_images(data_root: str | os.PathLike, count: int, image_size: int) -
         if pick is not None:
             picks.append(pick)
     load = Compose([
-        LoadMedicalImaged(keys="image"),
+        *load_image_transforms("image"),
         Resized(keys="image", spatial_size=(image_size, image_size), mode="area"),
         EnsureTyped(keys="image", track_meta=False),
     ])
