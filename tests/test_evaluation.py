@@ -203,6 +203,7 @@ def test_probe_protocol_resumes_and_reruns_a_changed_checkpoint(small_nih, tmp_p
     assert summary["fractions"]["0.25"]["test_auc"] == mean_std(aucs).as_dict()
     record = write_label_efficiency_report(tmp_path / "rows", tmp_path / "out" / "representations", SETTINGS)
     assert record["summary"]["byol"]["nih"]["fractions"]["1"]["test_auc"]["n"] == 2
+    assert record["protocol"]["image_size"] == 32 and not {"methods_dir", "pretrain_bundle"} & set(record["protocol"])
     md = (tmp_path / "out" / "representations.md").read_text()
     assert "| byol |" in md and "AP / PA" in md and "view-probe AUC" in md and "(representations.png)" in md
     assert (tmp_path / "out" / "representations.png").stat().st_size > 1000

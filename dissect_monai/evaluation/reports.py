@@ -118,7 +118,8 @@ def write_label_efficiency_report(
     rows_dir: str | os.PathLike, prefix: str | os.PathLike, settings: ProtocolSettings
 ) -> dict[str, Any]:
     """``<prefix>.json`` (protocol, summary, every cell), ``.md`` (tables) and ``.png`` (test AUC against label
-    fraction) from every row stored in ``rows_dir``; returns the JSON record."""
+    fraction) from every row stored in ``rows_dir``; returns the JSON record. The protocol recorded is the
+    settings without ``methods_dir`` / ``pretrain_bundle`` (where this checkout keeps the presets, not a setting)."""
     prefix = Path(prefix)
     stored = RowStore.load_all(rows_dir)
     order = {name: i for i, name in enumerate(REFERENCE_ROWS)}
@@ -126,7 +127,8 @@ def write_label_efficiency_report(
     summary = summarise(stored)
     labels = {row.name: row.label for row, _ in stored}
     precision = resolve_precision(settings.precision).name
-    record = {"protocol": {**asdict(settings), "precision": precision}, "medmnist_v2_pneumonia": MEDMNIST_V2,
+    protocol = {k: v for k, v in asdict(settings).items() if k not in ("methods_dir", "pretrain_bundle")}
+    record = {"protocol": {**protocol, "precision": precision}, "medmnist_v2_pneumonia": MEDMNIST_V2,
               "summary": summary, "rows": {row.name: asdict(row) for row, _ in stored},
               "cells": {row.name: b for row, b in stored}}
     write_json(prefix.with_suffix(".json"), record)
