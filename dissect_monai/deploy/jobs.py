@@ -28,10 +28,14 @@ Lifecycle of a study (:class:`JobRunner`):
 
 from __future__ import annotations
 
+import ctypes
 import io
 import logging
 import multiprocessing
+import os
 import re
+import signal
+import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -67,6 +71,8 @@ __all__ = [
     "probabilities_from_pred",
     "series_matches",
 ]
+
+_PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 
 logger = logging.getLogger(__name__)
 
@@ -308,7 +314,17 @@ class JobOutcome:
     not_assessed: int = 0
 
 
-def _child(target: Callable[[], list[Dataset]], headers: Sequence[Dataset], connection) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this forked job when the node dies (Linux ``PR_SET_PDEATHSIG``): a job orphaned by a
+    killed node would otherwise keep the node's inherited listening socket, and the restarted node could not bind."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the node died before the request took effect
+        os._exit(1)
+
+
+def _child(target: Callable[[], list[Dataset]], headers: Sequence[Dataset], connection, parent: int) -> None:
+    _die_with_parent(parent)
     try:
         payload = []
         for ds in target():
@@ -341,7 +357,7 @@ def _run_with_timeout(target: Callable[[], list[Dataset]], headers: Sequence[Dat
             raise _JobFailed(getattr(err, "category", "internal"), failure_reason(err, headers)) from err
     context = multiprocessing.get_context("fork")
     receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=_child, args=(target, headers, sender), name="job", daemon=True)
+    child = context.Process(target=_child, args=(target, headers, sender, os.getpid()), name="job", daemon=True)
     child.start()
     sender.close()
     try:
