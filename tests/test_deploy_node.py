@@ -199,6 +199,8 @@ def test_malformed_instances_rejected_or_failed_node_alive(node_and_pacs, data_r
     truncated_path.write_bytes(truncated_path.read_bytes()[:40_000])
     # 3. wrong transfer syntax claim: native pixels in a file whose meta says RLE Lossless
     lying = _cr_variant(data_root)
+    # distinctive planted values, so the log check below cannot match a hash or a count by chance (a real "62" did)
+    lying.PatientName, lying.PatientID, lying.PatientAge = "Plantedname^Lying", "PLANTED-ID-7731", "093Y"
     lying.PixelData = lying.pixel_array.tobytes()
     lying.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     lying_path = tmp_path / "lying.dcm"
