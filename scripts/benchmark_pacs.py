@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import tempfile
 import threading
 import time
@@ -40,14 +41,17 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
-from dissect_monai.deploy.bundle_runner import untrained_copy
 from dissect_monai.deploy.config import DestinationConfig, load_node_config
 from dissect_monai.deploy.dicom_io import assign_missing_uids
 from dissect_monai.deploy.jobs import series_matches
 from dissect_monai.deploy.node import InferenceNode
-from dissect_monai.deploy.orthanc import LocalOrthanc, free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
+# The Orthanc harness and untrained bundle copies are test infrastructure (tests/harness), shared with the deploy
+# tests rather than copied or shipped in the package: this one path entry makes them importable.
+sys.path.insert(0, str(REPO / "tests"))
+from harness.bundles import untrained_copy  # noqa: E402
+from harness.orthanc import LocalOrthanc, free_port, wait_for  # noqa: E402
 DATA = REPO.parent / "shared" / "data"
 SIIM_CR = DATA / "dicom-samples" / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
 CT_SERIES = DATA / "totalseg-ct" / "example_ct_dicom"

@@ -1,6 +1,6 @@
 """PACS deployment: DICOM SEG / SR writers and the DICOM inference node (``python -m dissect_monai.deploy``)."""
 
-from dissect_monai.deploy.bundle_runner import BundleError, BundleRunner, untrained_copy
+from dissect_monai.deploy.bundle_runner import BundleError, BundleRunner
 from dissect_monai.deploy.config import NodeConfig, PipelineConfig, load_node_config
 from dissect_monai.deploy.dicom_codes import AlgorithmInfo, concept_for_name, reference_view
 from dissect_monai.deploy.dicom_io import assign_missing_uids, sanitise_uid, sort_series
@@ -16,7 +16,6 @@ __all__ = [
     "NodeConfig",
     "PipelineConfig",
     "load_node_config",
-    "untrained_copy",
     "assign_missing_uids",
     "build_classification_sr",
     "build_segmentation",
