@@ -86,7 +86,7 @@ def check_instance(
     if sop_class not in sop_classes:
         return Refusal(STATUS_CANNOT_UNDERSTAND, "sop_class",
                        f"SOP class {UID(sop_class).name} is not an input of any pipeline (intake.sop_classes)")
-    if "PixelData" not in ds:
+    if not ds.get("PixelData"):
         return Refusal(STATUS_DATASET_MISMATCH, "no_pixel_data", f"{UID(sop_class).name} without pixel data")
     for keyword in ("Rows", "Columns", "BitsAllocated", "BitsStored", "PhotometricInterpretation"):
         if ds.get(keyword) in (None, "", 0):
