@@ -110,6 +110,7 @@ class InferenceNode:
         self.spool = Spool(config.spool_dir)
         self.metrics = Metrics()
         self._sop_classes = accepted_sop_classes(config.intake)
+        self._ssl_context = server_ssl_context(config.security.tls) if config.security.tls else None
         torch.set_num_threads(max(1, int(config.torch_threads)))
         if runners is None:
             runners = {
@@ -155,7 +156,7 @@ class InferenceNode:
         self._ae = ae
         self._scp = ae.make_server(
             (self.config.host, self.config.port),
-            ssl_context=server_ssl_context(security.tls) if security.tls else None,
+            ssl_context=self._ssl_context,
             evt_handlers=[
                 (evt.EVT_C_STORE, self._on_store),
                 (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS),
