@@ -442,3 +442,26 @@ def test_spool_permissions_and_no_patient_data_outside_dicom(tmp_path, bundles, 
     text = log.read_text()
     assert "association accepted from 127.0.0.1" in text and "association rejected from 127.0.0.1" in text
     assert "calling 'INTRUDER'" in text and "association released" in text
+
+
+def test_config_groups_name_the_bad_key(tmp_path):
+    pipelines = [{"name": "x", "bundle": "b", "output": "sr"}]
+    path = tmp_path / "node.yaml"
+    node_config_file(path, tmp_path / "spool", pipelines, security={"allowed_peer": ["10.0.0.0/8"]})
+    with pytest.raises(ValueError, match=r"node.yaml: security: unknown keys \['allowed_peer'\]"):
+        load_node_config(path)
+    node_config_file(path, tmp_path / "spool", pipelines, security={"tls": {"certificate": "c.pem"}})
+    with pytest.raises(ValueError, match=r"security.tls: .*private_key"):
+        load_node_config(path)
+    node_config_file(path, tmp_path / "spool", pipelines, destination={"stow_auth": {"kind": "digest"}})
+    with pytest.raises(ValueError, match="kind must be 'basic' or 'bearer'"):
+        load_node_config(path)
+    node_config_file(path, tmp_path / "spool", pipelines, intake={"sop_classes": ["NoSuchImageStorage"]})
+    with pytest.raises(ValueError, match="NoSuchImageStorage"):
+        InferenceNode(load_node_config(path), runners={})
+    tls = {"certificate": "c.pem", "private_key": "k"}
+    node_config_file(path, tmp_path / "spool", pipelines, security={"tls": tls})
+    config = load_node_config(path)
+    assert config.security.tls.certificate == tmp_path / "c.pem" and config.security.require_called_aet
+    with pytest.raises(ValueError, match="c.pem"):
+        InferenceNode(config, runners={})
