@@ -36,14 +36,15 @@ class AssociationConfig:
         acse_timeout_seconds: longest wait for an A-ASSOCIATE-RQ after a connection opens (and for release).
         dimse_timeout_seconds: longest wait for the next DIMSE message inside an association.
         network_timeout_seconds: longest network silence, also mid-PDU (a socket timeout on every receive), after
-            which the connection is closed and its slot is free again.
+            which the connection is closed and its slot is free again. pynetdicom counts the time the node spends
+            answering a C-STORE (fsync on a loaded disk) as silence too, hence not lower than that may take.
         max_associations: associations served at once; more are rejected ("local limit exceeded").
         max_associations_per_peer: connections at once from one IP address; more are closed unanswered.
     """
 
     acse_timeout_seconds: float = 30.0
     dimse_timeout_seconds: float = 120.0
-    network_timeout_seconds: float = 30.0
+    network_timeout_seconds: float = 60.0
     max_associations: int = 16
     max_associations_per_peer: int = 8
 

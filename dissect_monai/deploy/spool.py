@@ -111,8 +111,9 @@ class Spool:
         return target
 
     def incoming_count(self) -> int:
-        """Number of instances waiting in ``incoming/``."""
-        return sum(1 for _ in (self.root / "incoming").glob("*/*/*.dcm"))
+        """Number of instances waiting in ``incoming/`` (under the lock: a claim renames study folders away)."""
+        with self._lock:
+            return sum(1 for _ in (self.root / "incoming").glob("*/*/*.dcm"))
 
     # ---------------------------------------------------------------- jobs
     def claim_stable_studies(self, stable_seconds: float) -> list[str]:
