@@ -21,8 +21,10 @@ import pytest
 import requests
 from deploy_helpers import (
     CR_RULES,
+    CT_RULES,
     SIIM_CR,
     ResultStore,
+    ct_series_copy,
     make_tiny_bundle,
     node_config_file,
     serve_node,
@@ -30,9 +32,14 @@ from deploy_helpers import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 from pydicom.data import get_testdata_file
-from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, generate_uid
 from pynetdicom import AE
-from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage, Verification
+from pynetdicom.sop_class import (
+    ComprehensiveSRStorage,
+    CTImageStorage,
+    SecondaryCaptureImageStorage,
+    Verification,
+)
 
 from dissect_monai.deploy.bundle_runner import BundleRunner
 from dissect_monai.deploy.config import load_node_config
@@ -365,22 +372,29 @@ def test_worker_survives_unwritable_reason_file(tmp_path, bundles, runners, data
         pacs.stop()
 
 
-def test_health_reports_a_stuck_worker(tmp_path, bundles, runners, data_root):
-    """A job that runs longer than ``health_stuck_seconds`` makes /health answer 503 "stuck" until it ends."""
-    node = _node(tmp_path, bundles, runners, health_stuck_seconds=0.3)
+def test_health_reports_a_stuck_worker(tmp_path, data_root):
+    """A job (a 20-slice CT series) longer than ``health_stuck_seconds`` makes /health answer 503 "stuck" while it
+    runs, and "ok" again once it has finished."""
+    bundle = make_tiny_bundle(tmp_path / "bundles", "ct_segmentation")
+    pipelines = [{"name": "ct", "bundle": str(bundle), "output": "seg", "rules": CT_RULES}]
+    path = node_config_file(tmp_path / "node.yaml", tmp_path / "spool", pipelines, health_stuck_seconds=2.0)
+    node = InferenceNode(load_node_config(path), runners={"ct": BundleRunner(bundle)})
+    node.start()
     seen = []
 
     def poll() -> bool:
         response = requests.get(f"http://127.0.0.1:{node.health_port}/health", timeout=10)
         seen.append((response.status_code, response.json()["worker"]))
-        return node.health()["processed"] == 4
+        return response.json()["processed"] + response.json()["failed"] == 1
 
     try:
-        assert _store(node.dicom_port, [_cr(data_root) for _ in range(4)]) == [0x0000] * 4
-        wait_for(poll, 180, interval=0.05, what="four studies processed")
+        series = [pydicom.dcmread(f) for f in ct_series_copy(data_root, tmp_path / "ct")]
+        assert _store(node.dicom_port, series, [(CTImageStorage, JPEG2000Lossless)]) == [0x0000] * len(series)
+        wait_for(poll, 300, interval=0.1, what="the CT job to finish")
+        wait_for(lambda: poll() and seen[-1] == (200, "ok"), 10, what="/health ok again")
     finally:
         node.stop()
-    assert (503, "stuck") in seen
+    assert (503, "stuck") in seen and seen[-1] == (200, "ok")
 
 
 # ------------------------------------------------------------------------------------------------ 15.9-15.11
