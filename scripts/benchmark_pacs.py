@@ -34,9 +34,9 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from dissect_monai.deploy.config import DestinationConfig, load_node_config
-from dissect_monai.deploy.dicom_io import assign_missing_uids
 from dissect_monai.deploy.jobs import series_matches
 from dissect_monai.deploy.node import InferenceNode
+from dissect_monai.dicom.uids import assign_missing_uids
 
 REPO = Path(__file__).resolve().parents[1]
 # tests/harness (Orthanc harness, untrained bundle copies) is test infrastructure shared with the deploy tests

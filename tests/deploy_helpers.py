@@ -28,7 +28,7 @@ from harness.bundles import untrained_copy
 from harness.orthanc import LocalOrthanc as Orthanc
 from harness.orthanc import free_port, orthanc_available, wait_for
 
-from dissect_monai.deploy.dicom_io import assign_missing_uids
+from dissect_monai.dicom.uids import assign_missing_uids
 
 __all__ = ["Orthanc", "free_port", "orthanc_available", "wait_for", "make_tiny_bundle", "node_config_file",
            "ct_series_copy", "project_bundle", "ResultStore", "serve_node", "CR_RULES", "CT_RULES", "SIIM_CR",

@@ -13,8 +13,9 @@ from deploy_helpers import CR_RULES, SIIM_CR, project_bundle
 
 from dissect_monai.deploy.bundle_runner import BundleRunner
 from dissect_monai.deploy.config import PipelineConfig
-from dissect_monai.deploy.jobs import JobError, StudyProcessor, label_map_from_pred
-from dissect_monai.deploy.sr_writer import read_classification_sr
+from dissect_monai.deploy.jobs import StudyProcessor
+from dissect_monai.dicom.seg import label_map_from_prediction
+from dissect_monai.dicom.sr import read_classification_sr
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -58,8 +59,8 @@ def test_unmatched_series_ignored(processor, data_root):
 def test_label_map_from_pred_accepts_squeezed_channel():
     mask = torch.zeros(6, 4)
     mask[2:4, 1:3] = 1
-    np.testing.assert_array_equal(label_map_from_pred(mask, 2)[0], mask.numpy())  # (H, W): was argmax over rows
+    np.testing.assert_array_equal(label_map_from_prediction(mask, 2)[0], mask.numpy())  # (H, W): was argmax over rows
     one_hot = torch.stack([1 - mask, mask])
-    np.testing.assert_array_equal(label_map_from_pred(one_hot, 2)[0], mask.numpy())
-    with pytest.raises(JobError, match="is not 3-D"):
-        label_map_from_pred(mask, 3)
+    np.testing.assert_array_equal(label_map_from_prediction(one_hot, 2)[0], mask.numpy())
+    with pytest.raises(ValueError, match="is not 3-D"):
+        label_map_from_prediction(mask, 3)

@@ -13,6 +13,8 @@ import numpy as np
 import pydicom
 import pytest
 import requests
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import Tag
 from deploy_helpers import (
     CR_RULES,
     CT_RULES,
@@ -41,9 +43,9 @@ from dissect_monai.deploy.bundle_runner import BundleRunner
 from dissect_monai.deploy.config import load_node_config
 from dissect_monai.deploy.jobs import series_matches
 from dissect_monai.deploy.node import InferenceNode
-from dissect_monai.deploy.seg_writer import label_map_to_frames
+from dissect_monai.dicom.seg import label_map_to_frames
 from dissect_monai.deploy.spool import Spool
-from dissect_monai.deploy.sr_writer import read_classification_sr
+from dissect_monai.dicom.sr import read_classification_sr, read_unassessed_sr
 
 # These tests use tiny randomly initialised bundles written by deploy_helpers.make_tiny_bundle; they test the
 # node's handling of the generic bundle contract, not model quality.
@@ -210,19 +212,51 @@ def test_malformed_instances_rejected_or_failed_node_alive(node_and_pacs, data_r
         status = assoc.send_c_store(path)
         statuses.append(getattr(status, "Status", None))
     assoc.release()
+    monkeypatch.undo()  # the node's own sender runs in this process
     # missing pixels and truncated bytes are refused at C-STORE; the lying file is spooled and its job fails
     assert statuses == [0xA900, 0xC000, 0x0000]
     wait_for(lambda: node.health()["failed"] == 1, 60, what="the job of the mislabelled instance to fail")
     health = node.health()
-    assert health["rejected"] == 2 and health["received"] == 1 and health["processed"] == 0 and not pacs.received
+    assert health["rejected"] == 2 and health["received"] == 1 and health["processed"] == 0
+    assert health["failed_algorithm"] == 1 and health["failure_reports"] == 1
     (failed,) = (node.spool.root / "failed").iterdir()
     reason = (failed / "reason.txt").read_text()
-    assert reason.startswith("JobError") and "bundle failed" in reason
+    assert reason.startswith("category: algorithm") and "bundle failed" in reason
+    assert "applying transform <" not in reason  # MONAI's wrapper is not the reason: its cause is
+    assert "cause: ImageLoadError: " in reason and "cannot decode pixel data (RLE Lossless)" in reason
+    (report,) = wait_for(lambda: pacs.received, 30, what="the failure report at the PACS")
+    assert report.Modality == "SR" and report.StudyInstanceUID == lying.StudyInstanceUID
+    assert read_unassessed_sr(report) == {"AI processing": "The AI algorithm could not process this study: the "
+                                                           "algorithm failed on an image of the study."}
     assert len(list(failed.glob("*/*.dcm"))) == 1  # the input is kept for inspection
     echo = _associate(node.dicom_port)  # still serving
     assert echo.send_c_echo().Status == 0x0000
     echo.release()
-    assert "Patient" not in caplog.text
+    for keyword in ("PatientName", "PatientID", "PatientAge"):  # attribute names may be logged, never values
+        assert str(lying.get(keyword)) not in caplog.text
+
+
+def test_malformed_birth_date_still_gives_results(tmp_path, bundles, runners, data_root, caplog):
+    """PatientBirthDate '1961-07-04' (not DICOM DA, common in the wild) used to fail the whole study. The job runs
+    in the node's process (no time limit) so that its log lines are captured here."""
+    pacs = ResultStore()
+    node = _start_node(tmp_path, bundles, runners, pacs.port, results={"job_timeout_seconds": 0})
+    source = _cr_variant(data_root)
+    tag = Tag("PatientBirthDate")  # the raw bytes an archive sends (pydicom validates a value set in code)
+    source._dict[tag] = RawDataElement(tag, "DA", 10, b"1961-07-04", 0, False, True)
+    caplog.clear()
+    assoc = _associate(node.dicom_port, contexts=_cr_context())
+    assert assoc.send_c_store(source).Status == 0x0000
+    assoc.release()
+    try:
+        wait_for(lambda: len(pacs.received) == 2, 60, what="SR and SEG at the PACS")
+        health = node.health()
+    finally:
+        node.stop()
+        pacs.stop()
+    assert {ds.PatientBirthDate for ds in pacs.received} == {"19610704"}
+    assert health["failed"] == 0 and not any((node.spool.root / "failed").iterdir())
+    assert "1961-07-04" not in caplog.text and "PatientBirthDate" in caplog.text
 
 
 def test_concurrent_associations_every_instance_spooled(tmp_path, bundles, data_root):

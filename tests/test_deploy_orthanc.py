@@ -31,9 +31,9 @@ from deploy_helpers import (
 from dissect_monai.deploy.bundle_runner import BundleRunner
 from dissect_monai.deploy.config import StowAuthConfig, load_node_config
 from dissect_monai.deploy.node import InferenceNode
-from dissect_monai.deploy.seg_writer import label_map_to_frames
 from dissect_monai.deploy.sender import SendError, send_stow_rs
-from dissect_monai.deploy.sr_writer import read_classification_sr
+from dissect_monai.dicom.seg import label_map_to_frames
+from dissect_monai.dicom.sr import read_classification_sr
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),

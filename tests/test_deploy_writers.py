@@ -12,10 +12,10 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from dissect_monai.deploy.dicom_codes import AlgorithmInfo, reference_view
-from dissect_monai.deploy.dicom_io import assign_missing_uids, sanitise_uid, sort_series
-from dissect_monai.deploy.seg_writer import build_segmentation, label_map_to_frames
-from dissect_monai.deploy.sr_writer import build_classification_sr, read_classification_sr
+from dissect_monai.dicom.codes import AlgorithmInfo, reference_view
+from dissect_monai.dicom.uids import assign_missing_uids, sanitise_uid, sort_series
+from dissect_monai.dicom.seg import build_segmentation, label_map_to_frames
+from dissect_monai.dicom.sr import build_classification_sr, read_classification_sr
 
 ALGORITHM = AlgorithmInfo(name="dissect_test_bundle", version="0.0.1")
 SIIM_CR = "dicom-samples/1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"

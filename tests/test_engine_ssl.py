@@ -22,6 +22,7 @@ from dissect_monai.engines import (
     atomic_save,
     load_checkpoint,
 )
+from dissect_monai.transforms import RandTwoViewsd
 
 torch.set_num_threads(1)
 
@@ -253,3 +254,34 @@ def test_bf16_policy_runs_the_step(tmp_path):
     trainer.run()
     assert trainer.state.output["loss"].dtype == torch.float32
     assert torch.isfinite(trainer.state.output["loss"])
+
+
+def test_batch_transform_cuts_the_views_and_epoch_seeder_reseeds_it():
+    """SSLIteration takes its views from ``batch_transform`` (the bundle's RandTwoViewsd) applied to the collated
+    batch; EpochSeeder reseeds that transform at each epoch start, so a run draws the same views whatever state
+    the transform was left in (as a run resumed at an epoch boundary does)."""
+    g = torch.Generator().manual_seed(0)
+    data = [{"image": torch.rand(1, 12, 12, generator=g)} for _ in range(4)]
+
+    def run(advance: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        seen = []
+        net = TinySSL()
+        net.register_forward_pre_hook(lambda module, views: seen.append(tuple(v.clone() for v in views)))
+        views = RandTwoViewsd("image", (8, 8))
+        for _ in range(advance):
+            views.randomize(4)
+        trainer = SupervisedTrainer(
+            device=torch.device("cpu"), max_epochs=2, train_data_loader=DataLoader(data, batch_size=2),
+            network=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1), loss_function=None,
+            iteration_update=SSLIteration(precision="fp32", batch_transform=views),
+            train_handlers=[EpochSeeder(7, transforms=[views])],
+        )
+        trainer.run()
+        return seen
+
+    first, second = run(advance=0), run(advance=3)
+    assert len(first) == 4 and first[0][0].shape == first[0][1].shape == (2, 1, 8, 8)
+    assert not torch.allclose(first[0][0], first[0][1])  # two different views of the same images
+    assert not torch.allclose(first[0][0], first[2][0])  # the same images, new views in epoch 2
+    for (a1, a2), (b1, b2) in zip(first, second):
+        assert torch.equal(a1, b1) and torch.equal(a2, b2)

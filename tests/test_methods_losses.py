@@ -13,11 +13,12 @@ from dissect_monai.losses.mae import MaskedPatchLoss
 from dissect_monai.losses.vicreg import VICRegLoss
 from dissect_monai.networks.coboom import CoBooM
 from dissect_monai.networks import ResNetFeaturePyramid
-from dissect_monai.networks.dino import DINO, random_resized_crops
-from dissect_monai.networks.ijepa import IJEPA, BlockMaskGenerator
-from dissect_monai.networks.mae import MAE, random_patch_mask
+from dissect_monai.networks.dino import DINO
+from dissect_monai.networks.ijepa import IJEPA
+from dissect_monai.networks.mae import MAE
 from dissect_monai.networks.mlvicx import MLVICX, ContextResNetFeaturePyramid
 from dissect_monai.networks.vit import ViTEncoder, ViTTokenPyramid, patchify
+from dissect_monai.transforms.batched import BlockMaskGenerator, random_patch_mask, random_resized_crops
 
 
 @pytest.fixture(autouse=True)

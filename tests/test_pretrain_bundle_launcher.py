@@ -1,37 +1,48 @@
-"""scripts/run_pretraining.py bookkeeping, with stand-in commands instead of real trainings."""
+"""Recorded bundle runs (dissect_monai.evaluation.launch): each parallel run records its own wall time, a finished
+run is skipped, an interrupted one is started again with its wall time summed; stand-in commands instead of real
+trainings. The bundle command is one MONAI ``run`` of the pretraining bundle."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _launcher():
-    spec = importlib.util.spec_from_file_location("run_pretraining", REPO / "scripts" / "run_pretraining.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from dissect_monai.evaluation.launch import bundle_command, run_finished, run_recorded
 
 
-def test_parallel_runs_record_their_own_wall_time_and_skip_when_finished(tmp_path, monkeypatch):
-    launcher = _launcher()
-    durations = {"dissect_64": 4.0, "byol_64": 0.5}  # the first run listed is the slow one
+def _sleep_then(seconds: float, out_dir, code: int = 0) -> list[str]:
+    return [sys.executable, "-c", f"import time, sys; time.sleep({seconds}); open(r'{out_dir}/model.pt', 'w'); "
+                                  f"sys.exit({code})"]
 
-    def fake_command(name, out_dir, args):
-        return [sys.executable, "-c", f"import time; time.sleep({durations[name]}); open('{out_dir}/model.pt', 'w')"]
 
-    monkeypatch.setattr(launcher, "command", fake_command)
-    argv = ["--epochs", "1", "--parallel", "--runs_dir", str(tmp_path), "--runs", "dissect_64", "byol_64"]
-    assert launcher.main(argv) == 0
-    slow = json.loads((tmp_path / "dissect_64" / "run.json").read_text())
-    fast = json.loads((tmp_path / "byol_64" / "run.json").read_text())
-    assert slow["returncode"] == fast["returncode"] == 0
-    assert fast["wall_time_s"] < 2.5 < slow["wall_time_s"]  # before the fix the fast run waited for the slow one
+def test_parallel_runs_record_their_own_wall_time_and_skip_when_finished(tmp_path):
+    slow, fast = tmp_path / "dissect_64", tmp_path / "byol_64"  # the first run listed is the slow one
+    runs = [(slow, _sleep_then(4.0, slow), {"method": "dissect"}), (fast, _sleep_then(0.5, fast), {"method": "byol"})]
+    assert set(run_recorded(runs, parallel=True, poll_seconds=0.1).values()) == {0}
+    slow_record, fast_record = (json.loads((d / "run.json").read_text()) for d in (slow, fast))
+    assert slow_record["returncode"] == fast_record["returncode"] == 0 and slow_record["method"] == "dissect"
+    assert fast_record["wall_seconds"] < 2.5 < slow_record["wall_seconds"]  # the fast run did not wait for the slow
+    assert run_finished(fast)
 
-    durations["byol_64"] = 30.0  # a finished run is not started again
-    assert launcher.main(argv) == 0
-    assert json.loads((tmp_path / "byol_64" / "run.json").read_text())["wall_time_s"] == fast["wall_time_s"]
+    runs[1] = (fast, _sleep_then(30.0, fast), {"method": "byol"})  # a finished run is not started again
+    assert run_recorded(runs, parallel=True)[str(fast)] is None
+    assert json.loads((fast / "run.json").read_text())["wall_seconds"] == fast_record["wall_seconds"]
+
+
+def test_a_failed_run_is_started_again_and_its_wall_time_summed(tmp_path):
+    run = tmp_path / "mae_64"
+    assert run_recorded([(run, _sleep_then(0.3, run, code=3), {})]) == {str(run): 3}
+    first = json.loads((run / "run.json").read_text())
+    assert first["returncode"] == 3 and not run_finished(run)
+    assert run_recorded([(run, _sleep_then(0.3, run), {})]) == {str(run): 0}
+    second = json.loads((run / "run.json").read_text())
+    assert second["resumed"] and second["wall_seconds"] > first["wall_seconds"] + 0.2
+
+
+def test_bundle_command_merges_configs_and_passes_overrides(tmp_path):
+    command = bundle_command(tmp_path, [tmp_path / "train.yaml", tmp_path / "mae.yaml"], epochs=3, progress_bar=False)
+    assert command[1:4] == ["-m", "monai.bundle", "run"]
+    assert json.loads(command[command.index("--config_file") + 1]) == [str(tmp_path / "train.yaml"),
+                                                                       str(tmp_path / "mae.yaml")]
+    assert command[-4:] == ["--epochs", "3", "--progress_bar", "False"]
+    assert command[command.index("--bundle_root") + 1] == str(tmp_path)

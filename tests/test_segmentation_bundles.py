@@ -21,7 +21,7 @@ from monai.bundle import ConfigWorkflow
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from dissect_monai.deploy import assign_missing_uids, label_map_to_frames
+from dissect_monai.dicom import assign_missing_uids, label_map_to_frames
 from dissect_monai.transforms import LoadMedicalImage
 from dissect_monai.transforms.dicom_reader import sop_instance_uid
 

@@ -1,166 +1,191 @@
-"""SSL view transforms (2D and 3D) on real images: shapes, ranges, seeding, asymmetry, crops, masks, presets."""
+"""The view recipe (the pretraining bundle's ``train#views`` on its own ``train#preprocessing``) and the batched
+crops, filters and block masks of ``dissect_monai.transforms.batched``, on real chest X-rays where images matter
+(the MAE mask and the masks' use by their methods are tested in ``test_methods_losses.py``)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from monai.data import CacheDataset, DataLoader
-from monai.transforms import Compose, EnsureTyped, Resized
+from monai.bundle import ConfigParser
+from monai.data import DataLoader, Dataset
+from monai.transforms import AdjustContrast
+from scipy.ndimage import gaussian_filter
 
-from dissect_monai.transforms import (
-    LoadMedicalImage,
-    LoadMedicalImaged,
-    MultiCropd,
-    RandomView,
-    RandPatchMaskd,
-    TwoViewsd,
-    load_transform_preset,
+from dissect_monai.transforms import RandTwoViewsd, apply_view
+from dissect_monai.transforms.batched import (
+    BlockMaskGenerator,
+    adjust_gamma,
+    gaussian_blur,
+    random_resized_crops,
+    resample_affine,
+    supersampling_factor,
 )
-from dissect_monai.transforms.presets import PRESET_DIR
+
+IDENTITY = {"crop_scale": (1.0, 1.0), "flip_prob": 0.0, "rotate_prob": 0.0, "gamma_prob": 0.0, "scale_prob": 0.0,
+            "shift_prob": 0.0, "blur_prob": 0.0, "noise_prob": 0.0}
 
 
 @pytest.fixture(scope="module")
-def cxr(data_root) -> torch.Tensor:
-    return LoadMedicalImage()(data_root / "nih-cxr-pneumonia/images/00000061_012.png").as_tensor()
-
-
-@pytest.fixture(scope="module")
-def ct(data_root) -> torch.Tensor:
-    return LoadMedicalImage(window=(40, 400))(data_root / "totalseg-ct/example_ct_sm.nii.gz").as_tensor()
+def bundle_parts(repo_root, data_root):
+    """The pretraining bundle's own ``train#preprocessing`` and ``train#views`` at 64 px, on 8 real radiographs."""
+    parser = ConfigParser()
+    parser.read_config(str(repo_root / "bundles/dissect_cxr_pretrain/configs/train.yaml"))
+    parser["bundle_root"] = str(repo_root / "bundles/dissect_cxr_pretrain")
+    parser["image_size"] = 64
+    images = sorted((data_root / "nih-cxr-pneumonia/images").glob("*.png"))[:8]
+    parser["train#datalist"] = [{"image": str(p)} for p in images]
+    preprocessing = parser.get_parsed_content("train#preprocessing")
+    views = parser.get_parsed_content("train#views")
+    batch = next(iter(DataLoader(Dataset(parser["train#datalist"], preprocessing), batch_size=8)))
+    return batch, views
 
 
 def high_frequency(x: torch.Tensor) -> float:
-    """Mean squared discrete Laplacian of a (C, H, W) image (blur lowers it strongly)."""
-    lap = 4 * x[:, 1:-1, 1:-1] - x[:, :-2, 1:-1] - x[:, 2:, 1:-1] - x[:, 1:-1, :-2] - x[:, 1:-1, 2:]
+    """Mean squared discrete Laplacian of (..., H, W) images (blur lowers it strongly)."""
+    lap = 4 * x[..., 1:-1, 1:-1] - x[..., :-2, 1:-1] - x[..., 2:, 1:-1] - x[..., 1:-1, :-2] - x[..., 1:-1, 2:]
     return float((lap**2).mean())
 
 
-def test_two_views_2d_shapes_range_seed_and_difference(cxr):
-    t = TwoViewsd("image", spatial_size=(64, 64))
-    out = t.set_random_state(0)({"image": cxr})
-    assert out["image"].shape == out["image_2"].shape == (1, 64, 64)
-    assert out["image"].dtype == torch.float32 and not hasattr(out["image"], "affine")
-    for v in (out["image"], out["image_2"]):
-        assert 0.0 <= float(v.min()) and float(v.max()) <= 1.0
+def test_bundle_views_shapes_dtype_seed_and_difference(bundle_parts):
+    batch, views = bundle_parts
+    assert batch["image"].shape == (8, 1, 96, 96)  # cached at 1.5x the training size
+    out = views.set_random_state(0)(batch)
+    assert out["image"].shape == out["image_2"].shape == (8, 1, 64, 64)
+    assert out["image"].dtype == out["image_2"].dtype == torch.float32
+    assert type(out["image"]) is torch.Tensor and out["image"].is_contiguous()
+    assert torch.isfinite(out["image"]).all() and float(out["image"].std()) > 0.05
     assert not torch.allclose(out["image"], out["image_2"])
-    again = TwoViewsd("image", spatial_size=(64, 64)).set_random_state(0)({"image": cxr})
-    torch.testing.assert_close(out["image"], again["image"])
-    torch.testing.assert_close(out["image_2"], again["image_2"])
+    again = views.set_random_state(0)(batch)
+    assert torch.equal(out["image"], again["image"]) and torch.equal(out["image_2"], again["image_2"])
+    assert not torch.allclose(views(batch)["image"], out["image"])  # the next draw differs
 
 
-def test_byol_asymmetry_view_1_always_blurred(cxr):
-    same = {"scale": (1.0, 1.0), "ratio": (1.0, 1.0), "jitter_prob": 0, "gamma_prob": 0}  # isolate the blur
-    t = TwoViewsd("image", spatial_size=(64, 64), view_1=same,
-                  view_2={**same, "noise_prob": 0, "solarize_prob": 0})
-    t.set_random_state(1)
+def test_batched_views_equal_per_sample_application(bundle_parts):
+    batch, views = bundle_parts
+    images = batch["image"]
+    views.set_random_state(3).randomize(len(images))
+    view_1, view_2 = views.params  # every step of the recipe is drawn for some sample
+    assert bool(view_1.blur_on.any()) and bool(view_1.gamma_on.any()) and bool((view_2.noise_std > 0).any())
+    for params in views.params:
+        noise = torch.randn(len(images), 1, 64, 64)
+        sub = supersampling_factor(images.shape[2:], (64, 64))
+        batched = apply_view(images, params, (64, 64), sub, views.blur_radius, noise)
+        one_by_one = torch.cat([
+            apply_view(images[i: i + 1], params.select(slice(i, i + 1)), (64, 64), sub, views.blur_radius,
+                       noise[i: i + 1])
+            for i in range(len(images))
+        ])
+        torch.testing.assert_close(batched, one_by_one, atol=1e-5, rtol=1e-5)
+
+
+def test_identity_settings_reproduce_the_image_and_flip_flips(bundle_parts):
+    batch, _ = bundle_parts
+    images = batch["image"][:, :, :64, :64].contiguous()
+    same = RandTwoViewsd("image", (64, 64), **IDENTITY)({"image": images})
+    torch.testing.assert_close(same["image"], images, atol=1e-5, rtol=0)
+    torch.testing.assert_close(same["image_2"], images, atol=1e-5, rtol=0)
+    flipped = RandTwoViewsd("image", (64, 64), **{**IDENTITY, "flip_prob": 1.0})({"image": images})
+    torch.testing.assert_close(flipped["image"], torch.flip(images, dims=[3]), atol=1e-5, rtol=0)
+
+
+def test_blur_and_noise_asymmetry_between_views(bundle_parts):
+    """View 1 is always blurred (view 2 with p=0.1); only view 2 gets noise (p=0.2)."""
+    batch, _ = bundle_parts
+    isolate = {k: v for k, v in IDENTITY.items() if k not in ("blur_prob", "noise_prob")}
+    t = RandTwoViewsd("image", (64, 64), **isolate).set_random_state(1)
     hf1, hf2 = zip(*[(high_frequency(o["image"]), high_frequency(o["image_2"]))
-                     for o in (t({"image": cxr}) for _ in range(40))])
+                     for o in (t(batch) for _ in range(10))])
     assert np.mean(hf1) < 0.6 * np.mean(hf2)
+    t.randomize(4000)
+    view_1, view_2 = t.params
+    assert float(view_1.blur_on.float().mean()) == 1.0 and abs(float(view_2.blur_on.float().mean()) - 0.1) < 0.02
+    assert not bool((view_1.noise_std > 0).any()) and abs(float((view_2.noise_std > 0).float().mean()) - 0.2) < 0.02
 
 
-def test_random_resized_crop_area_within_scale(cxr, ct):
-    for image, size in ((cxr, (32, 32)), (ct, (16, 16, 16))):
-        view = RandomView(size, scale=(0.3, 0.5), ratio=(0.8, 1.25)).set_random_state(2)
-        shape = image.shape[1:]
-        for _ in range(50):
-            start, crop = view.crop_box(shape)
-            fraction = np.prod(crop) / np.prod(shape)
-            assert 0.25 < fraction < 0.56  # rounding of integer sizes
-            assert all(0 <= s and s + c <= n for s, c, n in zip(start, crop, shape))
+def test_drawn_parameters_follow_the_documented_ranges():
+    t = RandTwoViewsd("image", (64, 64)).set_random_state(0)
+    t.randomize(4000)
+    for p in t.params:
+        side = torch.linalg.matrix_norm(p.matrix, ord=2)  # rotation and flips keep the crop's largest side
+        assert 0.4 - 1e-5 <= float(side.min()) and float(side.max()) <= 1.0 + 1e-5
+        assert float(p.offset.abs().max()) <= 0.6
+        flipped = (p.matrix[:, :, 1].sum(dim=1) < 0).float().mean()  # the width axis' column points backwards
+        assert abs(float(flipped) - 0.5) < 0.05
+        assert 0.7 <= float(p.gamma.min()) and float(p.gamma.max()) <= 1.5
+        assert abs(float(p.gamma_on.float().mean()) - 0.8) < 0.03
+        assert float((p.intensity_scale - 1).abs().max()) <= 0.3 and float(p.intensity_shift.abs().max()) <= 0.1
 
 
-def test_two_views_3d(ct):
-    t = TwoViewsd("image", spatial_size=(32, 32, 16), view_1={"flip_axes": (0, 1, 2)}).set_random_state(0)
-    out = t({"image": ct})
-    assert out["image"].shape == out["image_2"].shape == (1, 32, 32, 16)
-    assert 0 <= float(out["image"].min()) and float(out["image"].max()) <= 1
-    with pytest.raises(ValueError, match="spatial dims"):
-        TwoViewsd("image", spatial_size=(32, 32))({"image": ct})
+def test_three_dimensional_views_and_bad_input():
+    volumes = torch.rand(2, 1, 24, 24, 12)
+    out = RandTwoViewsd("image", (16, 16, 8), flip_axes=(0, 1, 2)).set_random_state(0)({"image": volumes})
+    assert out["image"].shape == out["image_2"].shape == (2, 1, 16, 16, 8)
+    with pytest.raises(ValueError, match="collated batches"):
+        RandTwoViewsd("image", (16, 16))({"image": torch.rand(1, 24, 24)})
+    with pytest.raises(ValueError, match="blur_prob"):
+        RandTwoViewsd("image", (16, 16), blur_prob=(1.0, 0.1, 0.0))
+    with pytest.raises(ValueError, match="crop_scale"):
+        RandTwoViewsd("image", (16, 16), crop_scale=(0.0, 1.0))
 
 
-def test_flip_is_left_right_for_2d(cxr):
-    view = RandomView((256, 256), scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_prob=1.0, jitter_prob=0, gamma_prob=0,
-                      blur_prob=0)
-    torch.testing.assert_close(view(cxr), torch.flip(cxr, dims=[2]), atol=1e-5, rtol=0)
+def test_resample_affine_crops_exactly_and_matches_affine_grid():
+    images = torch.rand(3, 2, 32, 32)
+    quarter = resample_affine(images, torch.eye(2).repeat(3, 1, 1) * 0.5, torch.full((3, 2), -0.5), (16, 16))
+    torch.testing.assert_close(quarter, images[:, :, :16, :16], atol=1e-6, rtol=0)  # the top-left quadrant
+    matrix, offset = torch.randn(3, 2, 2) * 0.5, torch.randn(3, 2) * 0.2
+    theta = torch.cat([matrix.flip(1, 2), offset.flip(1)[..., None]], dim=2)
+    grid = torch.nn.functional.affine_grid(theta, [3, 2, 20, 12], align_corners=False)
+    expected = torch.nn.functional.grid_sample(images, grid, align_corners=False)
+    torch.testing.assert_close(resample_affine(images, matrix, offset, (20, 12)), expected, atol=1e-5, rtol=0)
+    # supersampling 2x is the mean of the four sub-pixel samples: a 2x downscale becomes an exact 2x2 average
+    half = resample_affine(images, torch.eye(2).repeat(3, 1, 1), torch.zeros(3, 2), (16, 16), supersample=2)
+    torch.testing.assert_close(half, torch.nn.functional.avg_pool2d(images, 2), atol=1e-6, rtol=0)
 
 
-def test_multicrop(cxr, ct):
-    out = MultiCropd("image", global_size=(64, 64), local_size=(24, 24), n_global=2, n_local=5)({"image": cxr})
-    assert out["image_global"].shape == (2, 1, 64, 64) and out["image_local"].shape == (5, 1, 24, 24)
-    out = MultiCropd("image", (32, 32, 16), (16, 16, 8), n_local=3).set_random_state(0)({"image": ct})
-    assert out["image_global"].shape == (2, 1, 32, 32, 16) and out["image_local"].shape == (3, 1, 16, 16, 8)
-    out = MultiCropd("image", (32, 32), (16, 16), n_local=0)({"image": cxr})
-    assert "image_local" not in out
+def test_gaussian_blur_matches_scipy_per_sample_sigma():
+    images = torch.rand(3, 1, 20, 24)
+    sigma = torch.tensor([[0.5, 1.5], [1.0, 0.3], [2.0, 2.0]])
+    out = gaussian_blur(images, sigma, radius=16)
+    for i in range(3):
+        ref = gaussian_filter(images[i, 0].double().numpy(), sigma[i].tolist(), mode="nearest", truncate=8.0)
+        np.testing.assert_allclose(out[i, 0].numpy(), ref, atol=1e-5)
 
 
-def test_random_patch_mask_exact_ratio_and_zeroing(cxr):
-    image = torch.nn.functional.interpolate(cxr[None], size=(64, 64), mode="area")[0]
-    out = RandPatchMaskd("image", patch_size=8, mask_ratio=0.75, zero_masked=True).set_random_state(0)(
-        {"image": image})
-    mask = out["mask"]
-    assert mask.shape == (8, 8) and mask.dtype == torch.bool and int(mask.sum()) == 48
-    pixel_mask = mask.repeat_interleave(8, 0).repeat_interleave(8, 1)
-    assert float(out["image"][0][pixel_mask].abs().max()) == 0.0
-    torch.testing.assert_close(out["image"][0][~pixel_mask], image[0][~pixel_mask])
-    out3d = RandPatchMaskd("image", patch_size=(16, 16, 8), mask_ratio=0.5)({"image": torch.rand(1, 64, 64, 32)})
-    assert out3d["mask"].shape == (4, 4, 4) and int(out3d["mask"].sum()) == 32
-    with pytest.raises(ValueError, match="does not tile"):
-        RandPatchMaskd("image", patch_size=128)({"image": image})
+def test_adjust_gamma_matches_monai_per_sample():
+    images = torch.rand(3, 1, 8, 8) * torch.tensor([1.0, 0.5, 2.0]).view(3, 1, 1, 1)
+    gamma = torch.tensor([0.7, 1.0, 1.5])
+    out = adjust_gamma(images, gamma)
+    for i in range(3):
+        expected = torch.as_tensor(AdjustContrast(float(gamma[i]))(images[i]))
+        torch.testing.assert_close(out[i], expected, atol=1e-6, rtol=0)
 
 
-def test_block_masks_for_ijepa():
-    t = RandPatchMaskd("image", patch_size=4, mode="blocks", n_targets=4).set_random_state(0)
-    for _ in range(20):
-        out = t({"image": torch.rand(1, 64, 64)})
-        targets, context = out["mask_targets"], out["mask_context"]
-        assert targets.shape == (4, 16, 16) and context.shape == (16, 16)
-        assert context.any() and not (context & targets.any(0)).any()
-        sizes = targets.flatten(1).sum(1).float() / 256
-        assert bool(((sizes > 0.08) & (sizes < 0.3)).all())
+def test_random_resized_crops_cover_the_drawn_area():
+    ramp = torch.linspace(0, 1, 64).expand(64, 64)  # value = horizontal position
+    images = torch.stack([ramp, ramp.T])[None].repeat(200, 1, 1, 1)  # channel 0: x, channel 1: y
+    torch.manual_seed(0)
+    crops = random_resized_crops(images, 16, scale=(0.25, 0.25), ratio=(1.0, 1.0))
+    assert crops.shape == (200, 2, 16, 16)
+    width = crops[:, 0].amax(dim=(1, 2)) - crops[:, 0].amin(dim=(1, 2))
+    height = crops[:, 1].amax(dim=(1, 2)) - crops[:, 1].amin(dim=(1, 2))
+    torch.testing.assert_close(width, torch.full_like(width, 0.5), atol=0.05, rtol=0)  # side sqrt(0.25)
+    torch.testing.assert_close(height, width, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="B, C, H, W"):
+        random_resized_crops(torch.rand(1, 8, 8), 4, (0.5, 1.0))
 
 
-@pytest.mark.parametrize("preset", sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
-def test_every_preset_builds_and_runs(preset, cxr, ct):
-    t = load_transform_preset(preset)
-    three_d = preset.endswith("3d")
-    if "mask" in preset:
-        image = torch.rand(1, 64, 64, 64) if three_d else torch.rand(1, 64, 64)
-    else:
-        image = ct if three_d else cxr
-    out = t({"image": image})
-    produced = set(out) - {"image"}
-    assert produced, f"{preset} wrote no output key"
-
-
-def test_preset_overrides_and_unknown_name(cxr):
-    t = load_transform_preset("byol_views_2d", spatial_size=[48, 48])
-    assert t({"image": cxr})["image_2"].shape == (1, 48, 48)
-    with pytest.raises(FileNotFoundError, match="known"):
-        load_transform_preset("no_such_preset")
-
-
-def test_views_after_cached_deterministic_part(data_root):
-    """Deterministic load+resize cached once; views drawn fresh per epoch and batched by a DataLoader."""
-    files = sorted((data_root / "nih-cxr-pneumonia/images").iterdir())[:8]
-    pipeline = Compose([
-        LoadMedicalImaged("image"),
-        Resized("image", spatial_size=(96, 96), mode="area"),
-        EnsureTyped("image", track_meta=False),
-        load_transform_preset("byol_views_2d"),
-    ])
-    ds = CacheDataset([{"image": str(f)} for f in files], pipeline, progress=False)
-    first = next(iter(DataLoader(ds, batch_size=8)))
-    second = next(iter(DataLoader(ds, batch_size=8)))
-    assert first["image"].shape == first["image_2"].shape == (8, 1, 64, 64)
-    assert not torch.allclose(first["image"], second["image"])  # new random views each pass
-
-
-def test_multicrop_per_global_view_settings(cxr):
-    t = MultiCropd("image", (64, 64), (32, 32), n_local=0, global_scale=(1.0, 1.0),
-                   global_views=[{"flip_prob": 0.0}, {"flip_prob": 1.0}],
-                   view={"ratio": (1.0, 1.0), "jitter_prob": 0, "gamma_prob": 0, "blur_prob": 0})
-    out = t({"image": cxr})["image_global"]
-    torch.testing.assert_close(out[1], torch.flip(out[0], dims=[2]), atol=1e-5, rtol=0)
-    with pytest.raises(ValueError, match="global_views has 1 entries"):
-        MultiCropd("image", (64, 64), (32, 32), global_views=[{}])
+def test_block_masks_are_rectangles_reproducible_and_fail_clearly():
+    generator = BlockMaskGenerator((8, 8), num_targets=4)
+    context, targets = generator(32, generator=torch.Generator().manual_seed(0))
+    again, targets_again = generator(32, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(context, again) and all(torch.equal(a, b) for a, b in zip(targets, targets_again))
+    for target in targets:
+        rows, cols = target // 8, target % 8
+        height = rows.amax(dim=1) - rows.amin(dim=1) + 1
+        width = cols.amax(dim=1) - cols.amin(dim=1) + 1
+        assert torch.equal(height * width, torch.full((32,), target.shape[1]))  # one full rectangle per sample
+        assert 0.1 <= target.shape[1] / 64 <= 0.3
+    assert bool((context[:, 1:] > context[:, :-1]).all())  # sorted, distinct grid positions
+    with pytest.raises(RuntimeError, match="no context"):
+        BlockMaskGenerator((4, 4), num_targets=1, target_scale=(1.0, 1.0), target_aspect=(1.0, 1.0))(2)

@@ -1,8 +1,8 @@
-"""Encoder maps (attention, anchor similarity, PCA, DiSSECT codes) on known cases; make_maps.py on real images."""
+"""Encoder maps (attention, anchor similarity, PCA, DiSSECT codes) on known cases; the maps report on real images;
+the result plots (ROC curves, label-efficiency curves)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
@@ -24,7 +24,8 @@ from dissect_monai.viz import (
     pca_rgb,
     typical_patches,
 )
-from dissect_monai.viz import panels
+from dissect_monai.viz import label_efficiency_plot, panels, roc_curves_plot
+from dissect_monai.viz.maps_report import write_encoder_maps
 
 
 def _small_vit(class_token: bool = True) -> ViTEncoder:
@@ -113,20 +114,29 @@ def test_palette_and_panel_files(tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_make_maps_on_real_images(repo_root, data_root, tmp_path):
-    spec = importlib.util.spec_from_file_location("make_maps", repo_root / "scripts" / "make_maps.py")
-    make_maps = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_maps)
+def test_maps_report_on_real_images(data_root, tmp_path):
     torch.set_num_threads(1)
     checkpoint = tmp_path / "model.pt"
     torch.save(build_method_embedder("dissect_vit", 64).state_dict(), checkpoint)
     out = tmp_path / "maps"
-    code = make_maps.main(["--run", f"untrained=dissect_vit:{checkpoint}", "--images", "2", "--no-random",
-                           "--data-root", str(data_root), "--out", str(out)])
-    assert code == 0
+    run = {"name": "untrained", "method": "dissect_vit", "image_size": 64, "checkpoint": str(checkpoint)}
+    record = write_encoder_maps([run], data_root, out, images=2, source="the `--run` arguments")
     names = {p.name for p in out.glob("*.png")}
     assert {"untrained.png", "untrained_codes.png", "untrained_typical_block6.png", "compare_similarity_64.png",
             "compare_pca_64.png", "compare_attention_64.png"} <= names
-    record = json.loads((out / "maps.json").read_text())
-    assert [i["pneumonia"] for i in record["images"]["64"]] == [1, 0]
+    assert json.loads((out / "maps.json").read_text()) == json.loads(json.dumps(record))
+    assert [i["pneumonia"] for i in record["images"][64]] == [1, 0]
+    assert record["runs"]["untrained"]["budget"] == "budget unknown"
     assert "untrained" in (out / "README.md").read_text()
+
+
+def test_result_plots_write_pngs(tmp_path):
+    y = np.array([[0, 1], [1, 0], [0, 1], [1, 1]])
+    scores = np.array([[0.2, 0.9], [0.8, 0.1], [0.3, 0.7], [0.6, 0.4]])
+    assert roc_curves_plot(y, scores, {"a": 1.0, "b": float("nan")}, tmp_path / "roc.png").stat().st_size > 1000
+    panels_ = {"NIH": {"byol": [(0.01, 0.6, 0.02), (1.0, 0.8, 0.0)], "random": [(0.1, 0.55, 0.01)]}}
+    path = label_efficiency_plot(panels_, tmp_path / "le.png", references={"NIH": ("published", 0.9)},
+                                 dashed=["random"])
+    assert path.stat().st_size > 1000
+    with pytest.raises(ValueError, match="no panels"):
+        label_efficiency_plot({}, tmp_path / "empty.png")

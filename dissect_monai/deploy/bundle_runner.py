@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,9 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import Compose
 
-__all__ = ["BundleRunner", "BundleError"]
+from dissect_monai.networks.quality_gate import EmbeddingGate
+
+__all__ = ["BundleRunner", "BundleError", "Prediction"]
 
 _CONFIG_NAMES = ("configs/inference.yaml", "configs/inference.yml", "configs/inference.json")
 
@@ -38,6 +41,21 @@ class BundleError(RuntimeError):
     """A bundle that cannot be loaded or run; the message names the bundle and the problem."""
 
 
+@dataclass(frozen=True)
+class Prediction:
+    """A bundle's post-processed output and, with a quality gate, whether its input was out of distribution.
+
+    Attributes:
+        pred: the prediction (channel first, no batch dimension).
+        out_of_distribution: the gate's verdict (``None`` without a gate).
+        distance: the input embedding's Mahalanobis distance (``None`` without a gate).
+    """
+
+    pred: MetaTensor
+    out_of_distribution: bool | None = None
+    distance: float | None = None
+
+
 class BundleRunner:
     """One bundle, parsed and with weights loaded, ready to predict on image paths.
 
@@ -47,6 +65,8 @@ class BundleRunner:
         model_file: weights relative to the bundle.
         image_key: key of the input in the bundle's transforms.
         pred_key: key of the output in the bundle's postprocessing.
+        quality_gate_file: an :class:`~dissect_monai.networks.quality_gate.EmbeddingGate` state dict relative to
+            the bundle, fitted on the embeddings ``network_def.features(x)`` of in-distribution images.
     """
 
     def __init__(
@@ -56,6 +76,7 @@ class BundleRunner:
         model_file: str = "models/model.pt",
         image_key: str = "image",
         pred_key: str = "pred",
+        quality_gate_file: str | None = None,
     ) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.image_key, self.pred_key = image_key, pred_key
@@ -92,6 +113,16 @@ class BundleRunner:
         except RuntimeError as err:
             raise BundleError(f"bundle {self.bundle_dir}: {model_file} does not fit network_def: {err}") from err
         self.network.eval()
+        self.quality_gate: EmbeddingGate | None = None
+        if quality_gate_file is not None:
+            if not callable(getattr(self.network, "features", None)):
+                raise BundleError(f"bundle {self.bundle_dir}: a quality gate needs a network_def with features(x)")
+            try:
+                self.quality_gate = EmbeddingGate.load(self.bundle_dir / quality_gate_file)
+            except (OSError, ValueError, RuntimeError) as err:
+                raise BundleError(
+                    f"bundle {self.bundle_dir}: cannot load quality gate {quality_gate_file}: {err}"
+                ) from err
         self._lock = threading.Lock()
 
     @property
@@ -110,16 +141,23 @@ class BundleRunner:
         channel_def = (outputs.get(self.pred_key) or next(iter(outputs.values()), {})).get("channel_def", {})
         return {int(k): str(v) for k, v in channel_def.items()}
 
-    def predict(self, source: str | os.PathLike) -> MetaTensor:
-        """Run preprocessing -> inferer -> postprocessing on one image path (a file or a DICOM series folder).
-
-        Returns:
-            the post-processed prediction (channel first, no batch dimension), e.g. ``(C,)`` probabilities for
-            a classifier or a ``(1, H, W)`` / ``(1, X, Y, Z)`` label map on the input grid for segmentation.
-        """
+    def run(self, source: str | os.PathLike) -> Prediction:
+        """Run preprocessing -> inferer -> postprocessing on one image path (a file or a DICOM series folder),
+        and the quality gate on the same preprocessed image when the runner has one."""
         data = self.preprocessing({self.image_key: str(source)})
-        image = data[self.image_key]
+        batch = data[self.image_key][None]
+        distance = None
         with self._lock, torch.inference_mode():
-            data[self.pred_key] = self.inferer(image[None], self.network)[0]
+            data[self.pred_key] = self.inferer(batch, self.network)[0]
+            if self.quality_gate is not None:
+                distance = float(self.quality_gate(self.network.features(batch))[0])
         data = self.postprocessing(data)
-        return data[self.pred_key]
+        if distance is None:
+            return Prediction(data[self.pred_key])
+        return Prediction(data[self.pred_key], distance > float(self.quality_gate.threshold), distance)
+
+    def predict(self, source: str | os.PathLike) -> MetaTensor:
+        """The post-processed prediction on one image path (see :meth:`run`), channel first, no batch dimension:
+        e.g. ``(C,)`` probabilities for a classifier or a ``(1, H, W)`` / ``(1, X, Y, Z)`` label map on the
+        input grid for segmentation."""
+        return self.run(source).pred

@@ -15,6 +15,7 @@ __all__ = [
     "IntakeConfig",
     "NodeConfig",
     "PipelineConfig",
+    "ResultsConfig",
     "RetentionConfig",
     "RetryConfig",
     "SecurityConfig",
@@ -157,6 +158,27 @@ class RetryConfig:
     max_seconds: float = 60.0
 
 
+# ---------------------------------------------------------------- study results (jobs, versions, failure reports)
+@dataclass
+class ResultsConfig:
+    """How study jobs end (key ``results`` of the node config); see :mod:`dissect_monai.deploy.jobs`.
+
+    Attributes:
+        job_timeout_seconds: a job running longer is stopped (its child process killed) and the study fails
+            with reason ``timeout``; ``0`` runs jobs in the node's process without a limit.
+        failure_report: send a Comprehensive SR to the PACS when a study cannot be processed.
+        failure_text: the report's sentence, followed by the failure category in general terms (no file
+            names, no attribute values), e.g. "...: an image of the study could not be read."
+        failure_series_description: SeriesDescription of the failure report series.
+    """
+
+    job_timeout_seconds: float = 600.0
+    failure_report: bool = True
+    failure_text: str = "The AI algorithm could not process this study"
+    failure_series_description: str = "AI processing failed - not for clinical use"
+
+
+# ---------------------------------------------------------------- pipelines
 @dataclass
 class PipelineConfig:
     """One inference pipeline: which series it takes, which bundle runs, and what it writes.
@@ -173,6 +195,10 @@ class PipelineConfig:
         thresholds: Present / Absent threshold, one for all findings or per finding.
         segments: segmentation label -> segment name (default: the bundle's ``channel_def`` minus label 0).
         single_instance: run on each instance separately (CR/DX) instead of on the whole series (CT/MR).
+        quality_gate: an input quality gate inside the bundle (``models/quality_gate.pt``, see
+            :class:`dissect_monai.networks.quality_gate.EmbeddingGate`); an SR pipeline then reports
+            ``not_assessed_text`` instead of probabilities for an input the gate flags.
+        not_assessed_text: what the SR says for such an input.
     """
 
     name: str
@@ -185,6 +211,8 @@ class PipelineConfig:
     thresholds: float | dict[str, float] = 0.5
     segments: dict[int, str] | None = None
     single_instance: bool = False
+    quality_gate: str | None = None
+    not_assessed_text: str = "Not assessed: the image does not look like a frontal chest radiograph"
 
 
 @dataclass
@@ -217,6 +245,7 @@ class NodeConfig:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     intake: IntakeConfig = field(default_factory=IntakeConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    results: ResultsConfig = field(default_factory=ResultsConfig)
 
 
 def _group(cls: type, value: Any, where: str) -> Any:
@@ -338,6 +367,7 @@ def load_node_config(path: str | os.PathLike, overrides: dict[str, Any] | None =
         "security": _security(raw.pop("security", None), base, f"{path}: security"),
         "intake": _group(IntakeConfig, raw.pop("intake", None), f"{path}: intake"),
         "retention": _group(RetentionConfig, raw.pop("retention", None), f"{path}: retention"),
+        "results": _group(ResultsConfig, raw.pop("results", None), f"{path}: results"),
     }
     try:
         return NodeConfig(

@@ -38,9 +38,8 @@ from dissect_monai.deploy.intake import (
     accepted_sop_classes,
     check_instance,
 )
-from dissect_monai.deploy.jobs import StudyProcessor
+from dissect_monai.deploy.jobs import FAILURE_CATEGORIES, JobRunner, StudyProcessor
 from dissect_monai.deploy.listener import GuardedAssociationServer, log_safe, server_ssl_context
-from dissect_monai.deploy.privacy import identifying_values, redact
 from dissect_monai.deploy.sender import SendError, send_c_store, send_stow_rs
 from dissect_monai.deploy.spool import Spool
 
@@ -55,8 +54,10 @@ _JOB_ATTEMPTS = 3
 class Metrics:
     """Counters since start, exported in the Prometheus text format and summed for ``/health``.
 
-    ``received`` / ``rejected`` count instances (``rejected`` by reason), ``processed`` / ``failed`` jobs,
-    ``sent`` result instances, ``send_errors`` delivery attempts, ``associations`` by outcome.
+    ``received`` / ``rejected`` count instances (``rejected`` by reason), ``processed`` / ``failed`` jobs (and
+    ``failed_<category>`` per failure category, see :data:`dissect_monai.deploy.jobs.FAILURE_CATEGORIES`),
+    ``failure_reports`` failure SRs published, ``not_assessed`` SRs for inputs the quality gate flagged, ``sent``
+    result instances, ``send_errors`` delivery attempts, ``associations`` by outcome.
     """
 
     _COUNTERS = {
@@ -64,6 +65,9 @@ class Metrics:
         "rejected": ("instances refused at C-STORE", ("reason",)),
         "processed": ("study jobs finished with results", ()),
         "failed": ("study jobs moved to failed/", ()),
+        **{f"failed_{category}": (f"study jobs failed: {text}", ()) for category, text in FAILURE_CATEGORIES.items()},
+        "failure_reports": ("failure SRs published", ()),
+        "not_assessed": ("SRs saying the quality gate flagged the input", ()),
         "sent": ("result instances delivered", ()),
         "send_errors": ("failed delivery attempts", ()),
         "associations": ("associations by outcome", ("outcome",)),
@@ -114,10 +118,12 @@ class InferenceNode:
         torch.set_num_threads(max(1, int(config.torch_threads)))
         if runners is None:
             runners = {
-                p.name: BundleRunner(p.bundle, config_file=p.config_file, model_file=p.model_file)
+                p.name: BundleRunner(p.bundle, config_file=p.config_file, model_file=p.model_file,
+                                     quality_gate_file=p.quality_gate)
                 for p in config.pipelines
             }
         self.processor = StudyProcessor(config.pipelines, runners)
+        self.jobs = JobRunner(self.processor, self.spool, config.results, node_name=config.ae_title)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._scp = None
@@ -344,41 +350,48 @@ class InferenceNode:
         return bool(pending)
 
     def run_job(self, job: str) -> None:
-        """Process one claimed job to ``outbox/`` + ``done/``, or ``failed/`` with a reason file.
+        """Process one claimed job (:meth:`dissect_monai.deploy.jobs.JobRunner.run`) to ``outbox/`` + ``done/``,
+        or ``failed/`` with a reason file.
 
-        A failing model or writer fails the job at once; a failure of the node's own bookkeeping (e.g. no space
-        to publish the results) leaves the job in ``processing/`` for ``_JOB_ATTEMPTS`` rounds, then fails it.
-        Reason files and log lines never carry the patient's identifying values (they are redacted).
+        A failing model or writer fails the job inside the job runner; an ``OSError`` of the node's own
+        bookkeeping (e.g. no space to publish the results) leaves the job in ``processing/`` for ``_JOB_ATTEMPTS``
+        rounds, then fails it with category ``internal``, as any other exception does at once. Reason files and
+        log lines carry exception types and categories, never the patient's values.
         """
-        if self.spool.has_results(job):  # finished before a crash; only the bookkeeping is left
-            self.spool.complete(job, [])
-            return
         started = time.perf_counter()
         instances = self.spool.job_instances(job)
         try:
-            results = self.processor.process(instances)
-        except Exception as err:  # noqa: BLE001 - a failing job never stops the node
-            self._fail(job, instances, f"{type(err).__name__}: {err}\n")
-            return
-        try:
-            count = self.spool.complete(job, results)
-        except Exception as err:  # noqa: BLE001 - retried: the cause may pass (disk space)
+            outcome = self.jobs.run(job)
+        except OSError as err:  # retried: the cause may pass (disk space)
             attempts = self._job_attempts[job] = self._job_attempts.get(job, 0) + 1
             if attempts < _JOB_ATTEMPTS:
-                logger.error("job %s: publishing results failed (%s), attempt %d of %d", job, type(err).__name__,
-                             attempts, _JOB_ATTEMPTS)
+                logger.error("job %s: %s, attempt %d of %d", job, type(err).__name__, attempts, _JOB_ATTEMPTS)
                 return
-            self._fail(job, instances, f"publishing results failed {attempts} times: {type(err).__name__}: {err}\n")
+            self._fail_internal(job, f"{type(err).__name__} in {attempts} attempts")
+            return
+        except Exception as err:  # noqa: BLE001 - a failing job never stops the node
+            self._fail_internal(job, type(err).__name__)
             return
         self._job_attempts.pop(job, None)
-        self.metrics.add("processed")
-        logger.info("job %s done: %d result instance(s) in %.1f s", job, count, time.perf_counter() - started)
+        if outcome.status == "failed":
+            self.metrics.add("failed")
+            self.metrics.add(f"failed_{outcome.category}")
+            self.metrics.add("failure_reports", outcome.results)
+            logger.error("job %s failed (%s), moved to failed/; %d failure report(s)", job, outcome.category,
+                         outcome.results)
+        elif outcome.status == "processed":
+            self.metrics.add("processed")
+            self.metrics.add("not_assessed", outcome.not_assessed)
+            logger.info("job %s done: version %d, %d result instance(s) in %.1f s", job, outcome.version,
+                        outcome.results, time.perf_counter() - started)
 
-    def _fail(self, job: str, instances: Mapping[str, list], reason: str) -> None:
+    def _fail_internal(self, job: str, cause: str) -> None:
+        """Fail a job the job runner could not finish (category ``internal``; ``cause`` names exception types)."""
         self._job_attempts.pop(job, None)
-        self.spool.fail(job, redact(reason, identifying_values(f for files in instances.values() for f in files)))
+        self.spool.fail(job, f"category: internal\ncause: {cause}\n")
         self.metrics.add("failed")
-        logger.error("job %s failed (moved to failed/, see its reason.txt)", job)
+        self.metrics.add("failed_internal")
+        logger.error("job %s failed: %s (moved to failed/)", job, cause)
 
     # ---------------------------------------------------------------- sending
     def _send_loop(self) -> None:

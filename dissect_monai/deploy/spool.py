@@ -11,9 +11,15 @@ Layout under the spool root (every move is an atomic ``rename`` inside one file 
     failed/<job>/ + reason.txt                inputs of jobs that failed, with the reason
 
 Every folder is created 0700 and every file 0600 (received images are patient data; the node also sets its
-umask to 0077). ``done/`` and ``sent/`` are pruned oldest first by :meth:`Spool.prune`; ``failed/`` is kept.
+umask to 0077). ``done/`` and ``sent/`` are pruned oldest first by :meth:`Spool.prune`; ``failed/`` and
+``versions/`` (the per-study result versions of :mod:`dissect_monai.deploy.versions`) are never pruned.
 
-A job's results appear in ``outbox/`` by one directory rename, so however often a job is restarted after a
+Late instances of a study whose job has run make a new job, which takes the earlier jobs' inputs back
+(:meth:`Spool.merge_prior_inputs`), so every job covers the whole study (see :mod:`dissect_monai.deploy.jobs`
+on result versions). Once retention has pruned a study's inputs from ``done/``, a late instance is processed
+without them: its job covers only what is still in the spool, and its results are still the next version of
+the study's result series. A job's results appear in ``outbox/`` by one directory rename, so however often a
+job is restarted after a
 crash, at most one result set exists for it; a job found in ``processing/`` at start is finished again unless
 its results already exist. Job names are a hash of the StudyInstanceUID plus a counter: no UID, and no patient
 identifier, ever appears in a log line.
@@ -33,7 +39,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from dissect_monai.deploy.dicom_io import sanitise_uid
+from dissect_monai.dicom.uids import sanitise_uid
 
 __all__ = ["Spool"]
 
@@ -149,12 +155,37 @@ class Spool:
     def has_results(self, job: str) -> bool:
         return (self.root / "outbox" / job).exists() or (self.root / "sent" / job).exists()
 
-    def complete(self, job: str, results: Iterable[Dataset]) -> int:
-        """Publish a job's results to ``outbox/`` in one rename, then move its inputs to ``done/``.
+    def result_files(self, job: str) -> list[Path]:
+        """The published result instances of a job, queued (``outbox/``) or delivered (``sent/``)."""
+        return sorted((self.root / "outbox" / job).glob("*.dcm")) + sorted((self.root / "sent" / job).glob("*.dcm"))
 
-        A job whose results already exist (published before a crash) publishes nothing again.
-        Returns the number of result instances published now (0 also when nothing matched the pipelines).
+    def merge_prior_inputs(self, job: str) -> int:
+        """Move the inputs of earlier jobs of the same study (``done/``, ``failed/``) into ``job``, so that a
+        study reopened by late instances is processed whole; an instance received again keeps its newest copy.
+
+        Idempotent (every move is a rename; an interrupted merge is finished by the next call). Returns the
+        number of instances moved in.
         """
+        prefix = job.split("-", 1)[0] + "-"
+        target = self.root / "processing" / job
+        moved = 0
+        for area in ("done", "failed"):
+            for prior in sorted((self.root / area).glob(prefix + "*")):
+                for instance in prior.glob("*/*.dcm"):
+                    destination = target / instance.parent.name / instance.name
+                    if destination.exists():
+                        instance.unlink()
+                        continue
+                    destination.parent.mkdir(exist_ok=True)
+                    os.replace(instance, destination)
+                    moved += 1
+                shutil.rmtree(prior)
+        if moved:
+            _fsync_dir(target)
+        return moved
+
+    def _publish(self, job: str, results: Iterable[Dataset]) -> int:
+        """Write results to ``outbox/<job>`` in one rename, unless they exist already (published before a crash)."""
         count = 0
         if not self.has_results(job):
             staging = self.root / "outbox" / f".{job}.partial"
@@ -169,15 +200,32 @@ class Spool:
             _fsync_dir(staging)
             os.replace(staging, self.root / "outbox" / job)
             _fsync_dir(self.root / "outbox")
+        return count
+
+    def complete(self, job: str, results: Iterable[Dataset]) -> int:
+        """Publish a job's results to ``outbox/`` in one rename, then move its inputs to ``done/``.
+
+        A job whose results already exist (published before a crash) publishes nothing again.
+        Returns the number of result instances published now (0 also when nothing matched the pipelines).
+        """
+        count = self._publish(job, results)
         self._retire(job, "done")
         return count
 
-    def fail(self, job: str, reason: str) -> None:
-        """Move a job's inputs to ``failed/`` with a ``reason.txt``.
+    def fail(self, job: str, reason: str, results: Iterable[Dataset] = ()) -> int:
+        """Publish ``results`` (e.g. a report saying the study could not be processed) as :meth:`complete` does,
+        then move the job's inputs to ``failed/`` with a ``reason.txt``; returns the number published now.
 
-        The move is a rename and needs no space: when the reason cannot be written (a full disk), the job is
-        still retired, without its reason file, and the error is logged.
+        The move is a rename and needs no space: when the results or the reason cannot be written (a full disk),
+        the job is still retired, without them, and the error is logged.
         """
+        try:
+            count = self._publish(job, results)
+        except OSError as err:
+            logger.error("job %s: cannot publish its failure results (%s); failed without them", job,
+                         type(err).__name__)
+            shutil.rmtree(self.root / "outbox" / f".{job}.partial", ignore_errors=True)
+            count = 0
         path = self.root / "processing" / job / "reason.txt"
         try:
             _write_durable(path, reason.encode("utf-8", "replace"))
@@ -186,6 +234,7 @@ class Spool:
             if path.is_file():
                 path.unlink()
         self._retire(job, "failed")
+        return count
 
     def bytes_in(self, *areas: str) -> int:
         """Total size of the files in the given areas."""

@@ -1,6 +1,6 @@
 """Ignite engines for SSL pretraining (two-view step, checkpoints with resume, monitoring) and embedding inference."""
 
-from .checkpoint import SSLCheckpointer, atomic_save, load_checkpoint
+from .checkpoint import SSLCheckpointer, atomic_save, atomic_write, load_checkpoint
 from .embedding import EmbeddingIteration, EmbeddingWriter
 from .handlers import EpochSeeder, ProgressBarHandler, SSLMetricsLogger, is_main_process
 from .ssl_iteration import NonFiniteTrainingError, SSLIteration, unwrap_module
@@ -15,6 +15,7 @@ __all__ = [
     "SSLIteration",
     "SSLMetricsLogger",
     "atomic_save",
+    "atomic_write",
     "is_main_process",
     "load_checkpoint",
     "unwrap_module",

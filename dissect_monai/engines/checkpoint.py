@@ -5,32 +5,34 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from ignite.engine import Engine, Events
 
 from dissect_monai.engines.ssl_iteration import NonFiniteTrainingError, unwrap_module
 
-__all__ = ["atomic_save", "load_checkpoint", "SSLCheckpointer"]
+__all__ = ["atomic_save", "atomic_write", "load_checkpoint", "SSLCheckpointer"]
 
 logger = logging.getLogger(__name__)
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` so that a crash at any moment leaves either the old or the new file.
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write(f)`` on a binary file that replaces ``path`` only once complete: a crash (or an exception
+    raised by ``write``) at any moment leaves either the old file or the new one, never a partial file.
 
     Writes a temporary file in the same directory, flushes and fsyncs it, ``os.replace``-s it over ``path``
-    and fsyncs the directory (so the rename itself survives a power loss).
+    and fsyncs the directory (so the rename itself survives a power loss). The project's one atomic writer:
+    checkpoints, result stores and caches all go through it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -44,6 +46,11 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     finally:
         os.close(dir_fd)
     return path
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` through :func:`atomic_write` (the old file or the new, never a partial one)."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

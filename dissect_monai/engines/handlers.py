@@ -8,6 +8,7 @@ import os
 import random
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,27 +158,55 @@ class SSLMetricsLogger:
 
 
 class ProgressBarHandler:
-    """A tqdm progress bar over the iterations of each epoch showing the loss (rank 0 only).
+    """One tqdm bar over every iteration of the run (all epochs), showing epoch and loss (rank 0 only).
 
-    Thin wrapper that finds Ignite's ``ProgressBar`` in ``ignite.handlers`` (Ignite >= 0.5) or
-    ``ignite.contrib.handlers`` (0.4.x, as pinned by monai 1.4), so configs need not know the version.
+    The bar's total is ``max_epochs * epoch_length``, so tqdm's remaining-time estimate is the whole run's,
+    not the current epoch's; a resumed run starts the bar at the restored iteration (and its rate, hence
+    the estimate, counts only the iterations run in this process).
+
+    Args:
+        persist: keep the finished bar on screen.
+        loss_key: entry of ``engine.state.output`` shown as the loss.
+        file: stream the bar writes to (``None``: standard error).
     """
 
-    def __init__(self, persist: bool = False, loss_key: str = "loss") -> None:
+    def __init__(self, persist: bool = False, loss_key: str = "loss", file: Any = None) -> None:
         self.persist = persist
         self.loss_key = loss_key
+        self.file = file
+        self._bar: Any = None
 
     def attach(self, engine: Engine) -> None:
         if not is_main_process():
             return
-        try:
-            from ignite.handlers import ProgressBar
-        except ImportError:
-            from ignite.contrib.handlers import ProgressBar
-        key = self.loss_key
-        ProgressBar(persist=self.persist).attach(
-            engine, output_transform=lambda out: {key: float(out[key])} if isinstance(out, dict) else {}
+        engine.add_event_handler(Events.STARTED, self._open)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._advance)
+        engine.add_event_handler(Events.COMPLETED, self._close)
+        engine.add_event_handler(Events.TERMINATE, self._close)
+
+    def _open(self, engine: Engine) -> None:
+        from tqdm.auto import tqdm
+
+        state = engine.state
+        total = state.max_epochs * state.epoch_length if state.epoch_length is not None else None
+        self._bar = tqdm(
+            total=total, initial=state.iteration, unit="it", leave=self.persist, file=self.file, dynamic_ncols=True
         )
+
+    def _advance(self, engine: Engine) -> None:
+        if self._bar is None:
+            return
+        postfix = {"epoch": f"{engine.state.epoch}/{engine.state.max_epochs}"}
+        output = engine.state.output
+        if isinstance(output, dict) and self.loss_key in output:
+            postfix[self.loss_key] = f"{float(output[self.loss_key]):.4g}"
+        self._bar.set_postfix(postfix, refresh=False)
+        self._bar.update(1)
+
+    def _close(self, engine: Engine) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 class EpochSeeder:
@@ -187,14 +216,17 @@ class EpochSeeder:
     Seeds Python, NumPy and torch (which also determines the DataLoader's shuffling and worker seeds: MONAI's
     ``DataLoader`` seeds each worker's transforms from it). With ``num_workers == 0`` the dataset's random
     transforms are reseeded directly (``monai.data.utils.set_rnd``). A ``DistributedSampler`` is
-    handled by MONAI's trainer (``set_epoch``).
+    handled by MONAI's trainer (``set_epoch``). ``transforms`` run outside the DataLoader (the bundle's batched
+    views, applied by :class:`dissect_monai.engines.SSLIteration`) are reseeded the same way.
 
     Args:
         seed: base seed.
+        transforms: further random transforms (objects with ``set_random_state``) to reseed at each epoch start.
     """
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, transforms: Sequence[Any] = ()) -> None:
         self.seed = int(seed)
+        self.transforms = list(transforms)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self)
@@ -207,3 +239,4 @@ class EpochSeeder:
         loader = getattr(engine, "data_loader", None)
         if loader is not None and getattr(loader, "num_workers", 0) == 0 and hasattr(loader, "dataset"):
             set_rnd(loader.dataset, seed)
+        set_rnd(self.transforms, seed)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -41,6 +41,10 @@ class SSLIteration:
 
     Args:
         view_keys: keys of the two views in the batch dictionary, each (B, C, H, W) or (B, C, H, W, D).
+        batch_transform: applied to the collated batch dictionary, its tensors moved to the engine's device,
+            before the views are read: the pretraining bundle generates its two views here, batched on the
+            device (``dissect_monai.transforms.RandTwoViewsd``). ``None`` reads the views from the batch as
+            the DataLoader delivers them.
         precision: ``"auto"``, ``"bf16"``, ``"fp32"`` or a :class:`PrecisionPolicy`
             (see :func:`dissect_monai.utils.resolve_precision`).
         grad_clip: max global L2 norm of the gradients; ``None`` only measures the norm.
@@ -58,10 +62,12 @@ class SSLIteration:
         view_keys: Sequence[str] = ("image", "image_2"),
         precision: str | PrecisionPolicy = "auto",
         grad_clip: float | None = None,
+        batch_transform: Callable[[dict], Mapping[str, Any]] | None = None,
     ) -> None:
         if len(view_keys) != 2:
             raise ValueError(f"view_keys must name exactly two views, got {list(view_keys)}")
         self.view_keys = tuple(view_keys)
+        self.batch_transform = batch_transform
         self.precision = precision
         self.grad_clip = grad_clip
         self._policy: PrecisionPolicy | None = None
@@ -81,6 +87,12 @@ class SSLIteration:
 
     def __call__(self, engine: Any, batchdata: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         policy = self.policy(engine.state.device)
+        if self.batch_transform is not None:
+            non_blocking = getattr(engine, "non_blocking", False)
+            batchdata = self.batch_transform({
+                k: v.to(engine.state.device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
+                for k, v in batchdata.items()
+            })
         view1 = self._view(batchdata, self.view_keys[0], engine, policy)
         view2 = self._view(batchdata, self.view_keys[1], engine, policy)
         network = engine.network

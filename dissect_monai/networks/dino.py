@@ -12,8 +12,9 @@ from dissect_monai.losses.dino import DINOLoss
 from dissect_monai.networks.dissect import cosine_momentum
 from dissect_monai.networks.embedder import EncoderEmbedder
 from dissect_monai.networks.vit import ViTEncoder
+from dissect_monai.transforms.batched import random_resized_crops
 
-__all__ = ["DINO", "DINOHead", "random_resized_crops"]
+__all__ = ["DINO", "DINOHead"]
 
 
 class DINOHead(nn.Module):
@@ -48,39 +49,6 @@ class DINOHead(nn.Module):
         """``(B, in_dim)`` -> logits ``(B, out_dim)``."""
         x = F.normalize(self.mlp(x), dim=-1)
         return F.linear(x, F.normalize(self.prototypes, dim=-1))
-
-
-def random_resized_crops(
-    images: torch.Tensor, size: int, scale: tuple[float, float], ratio: tuple[float, float] = (0.75, 4.0 / 3.0)
-) -> torch.Tensor:
-    """One random resized crop per image (bilinear), like torchvision's ``RandomResizedCrop``, batched.
-
-    Args:
-        images: ``(B, C, H, W)``.
-        size: output edge.
-        scale: range of the crop's area as a fraction of the image.
-        ratio: range of the crop's aspect ratio (w/h), sampled log-uniformly.
-
-    Returns:
-        ``(B, C, size, size)``.
-    """
-    if images.ndim != 4:
-        raise ValueError(f"random_resized_crops expects (B, C, H, W), got {tuple(images.shape)}")
-    b = images.shape[0]
-    device = images.device
-    area = torch.empty(b, device=device).uniform_(*scale)
-    log_ratio = torch.empty(b, device=device).uniform_(torch.log(torch.tensor(ratio[0])).item(),
-                                                       torch.log(torch.tensor(ratio[1])).item())
-    aspect = torch.exp(log_ratio)
-    w = torch.sqrt(area * aspect).clamp(max=1.0)  # fractions of the image width / height
-    h = torch.sqrt(area / aspect).clamp(max=1.0)
-    cx = (torch.rand(b, device=device) * (1 - w) + w / 2) * 2 - 1  # centre in [-1, 1] coordinates
-    cy = (torch.rand(b, device=device) * (1 - h) + h / 2) * 2 - 1
-    theta = torch.zeros(b, 2, 3, device=device)
-    theta[:, 0, 0], theta[:, 0, 2] = w, cx
-    theta[:, 1, 1], theta[:, 1, 2] = h, cy
-    grid = F.affine_grid(theta, [b, images.shape[1], size, size], align_corners=False)
-    return F.grid_sample(images.float(), grid, mode="bilinear", align_corners=False).to(images.dtype)
 
 
 class DINO(nn.Module):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 
 import torch
@@ -14,93 +13,9 @@ from dissect_monai.losses.jepa import LatentPredictionLoss
 from dissect_monai.networks.dissect import cosine_momentum
 from dissect_monai.networks.embedder import EncoderEmbedder
 from dissect_monai.networks.vit import ViTEncoder, gather_tokens, transformer_block
+from dissect_monai.transforms.batched import BlockMaskGenerator
 
-__all__ = ["BlockMaskGenerator", "IJEPA", "JEPAPredictor"]
-
-
-class BlockMaskGenerator:
-    """Context and target blocks on a 2D patch grid, as in I-JEPA.
-
-    Per batch, one target block size (scale and aspect ratio) and one context block size are drawn; per
-    sample, ``num_targets`` target blocks and one context block are placed at random positions, and the
-    context loses every patch covered by a target. To stack samples, every sample keeps the same number of
-    context patches (the batch minimum, random patches dropped from the larger ones).
-
-    Args:
-        grid_size: patch grid ``(H, W)``.
-        num_targets: target blocks per sample (4).
-        target_scale: range of a target block's area as a fraction of the grid (0.15-0.2).
-        target_aspect: range of a target block's aspect ratio h/w (0.75-1.5).
-        context_scale: range of the context block's area (0.85-1.0).
-        min_context: fewest context patches accepted; a draw leaving fewer is redrawn (up to 20 times).
-    """
-
-    def __init__(
-        self,
-        grid_size: Sequence[int],
-        num_targets: int = 4,
-        target_scale: tuple[float, float] = (0.15, 0.2),
-        target_aspect: tuple[float, float] = (0.75, 1.5),
-        context_scale: tuple[float, float] = (0.85, 1.0),
-        min_context: int = 4,
-    ) -> None:
-        if len(grid_size) != 2:
-            raise ValueError(f"BlockMaskGenerator works on a 2D patch grid, got grid_size {tuple(grid_size)}")
-        self.grid_size = (int(grid_size[0]), int(grid_size[1]))
-        if num_targets < 1:
-            raise ValueError(f"num_targets must be >= 1, got {num_targets}")
-        self.num_targets = num_targets
-        self.target_scale = target_scale
-        self.target_aspect = target_aspect
-        self.context_scale = context_scale
-        self.min_context = min_context
-
-    def _block_size(self, scale: tuple[float, float], aspect: tuple[float, float]) -> tuple[int, int]:
-        gh, gw = self.grid_size
-        area = gh * gw * float(torch.empty(1).uniform_(*scale))
-        log_aspect = torch.empty(1).uniform_(math.log(aspect[0]), math.log(aspect[1]))
-        ratio = float(torch.exp(log_aspect))
-        h = int(round(math.sqrt(area * ratio)))
-        w = int(round(math.sqrt(area / ratio)))
-        return min(max(h, 1), gh), min(max(w, 1), gw)
-
-    def _place(self, size: tuple[int, int]) -> torch.Tensor:
-        """A random block of ``size`` on the grid as a flat bool mask ``(H * W,)``."""
-        gh, gw = self.grid_size
-        top = int(torch.randint(0, gh - size[0] + 1, (1,)))
-        left = int(torch.randint(0, gw - size[1] + 1, (1,)))
-        mask = torch.zeros(gh, gw, dtype=torch.bool)
-        mask[top: top + size[0], left: left + size[1]] = True
-        return mask.flatten()
-
-    def __call__(self, batch: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Draw masks for ``batch`` samples.
-
-        Returns:
-            ``context_index`` ``(B, Kc)`` and a list of ``num_targets`` tensors ``(B, Kt)`` of flat patch indices
-            (row-major grid order, the token order of :class:`ViTEncoder`); context and targets never overlap.
-        """
-        target_size = self._block_size(self.target_scale, self.target_aspect)
-        context_size = self._block_size(self.context_scale, (1.0, 1.0))
-        targets: list[list[torch.Tensor]] = [[] for _ in range(self.num_targets)]
-        contexts: list[torch.Tensor] = []
-        for _ in range(batch):
-            for _attempt in range(20):
-                blocks = [self._place(target_size) for _ in range(self.num_targets)]
-                context = self._place(context_size)
-                for block in blocks:
-                    context &= ~block
-                if int(context.sum()) >= self.min_context:
-                    break
-            else:
-                raise RuntimeError(f"BlockMaskGenerator: no context of >= {self.min_context} patches left beside "
-                                   f"{self.num_targets} targets of {target_size} on grid {self.grid_size}")
-            for t, block in enumerate(blocks):
-                targets[t].append(block.nonzero().flatten())
-            contexts.append(context.nonzero().flatten())
-        keep = min(len(c) for c in contexts)
-        context_index = torch.stack([c[torch.randperm(len(c))[:keep].sort().values] for c in contexts])
-        return context_index, [torch.stack(t) for t in targets]
+__all__ = ["IJEPA", "JEPAPredictor"]
 
 
 class JEPAPredictor(nn.Module):
@@ -217,9 +132,7 @@ class IJEPA(nn.Module):
         """
         images = view1 if view2 is None else torch.cat([view1, view2], dim=0)
         b = images.shape[0]
-        context_index, target_indices = self.masks(b)
-        context_index = context_index.to(images.device)
-        target_indices = [t.to(images.device) for t in target_indices]
+        context_index, target_indices = self.masks(b, images.device)
         with torch.no_grad():
             full, _ = self.target_encoder.encode(images)
             targets = [gather_tokens(full, t) for t in target_indices]

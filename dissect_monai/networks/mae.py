@@ -9,38 +9,9 @@ from torch import nn
 from dissect_monai.losses.mae import MaskedPatchLoss
 from dissect_monai.networks.embedder import EncoderEmbedder
 from dissect_monai.networks.vit import ViTEncoder, gather_tokens, patchify, transformer_block
+from dissect_monai.transforms.batched import random_patch_mask
 
-__all__ = ["MAE", "random_patch_mask"]
-
-
-def random_patch_mask(
-    batch: int, num_patches: int, mask_ratio: float, device: torch.device | str = "cpu"
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-sample uniform random masking of patch tokens (MAE's shuffle-and-keep).
-
-    Args:
-        batch: B.
-        num_patches: N.
-        mask_ratio: fraction of patches hidden from the encoder, in (0, 1); at least one patch stays visible
-            and at least one is masked.
-        device: where the indices live.
-
-    Returns:
-        ``keep_index`` ``(B, K)`` (visible patches, K = N - round(N * mask_ratio)), ``mask`` ``(B, N)`` float
-        with 1 for masked patches, and ``restore_index`` ``(B, N)``: position of each patch in the
-        ``[visible, masked]`` ordering, to put decoder tokens back in grid order.
-    """
-    if not 0.0 < mask_ratio < 1.0:
-        raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
-    n_masked = min(max(int(round(num_patches * mask_ratio)), 1), num_patches - 1)
-    n_keep = num_patches - n_masked
-    shuffle = torch.rand(batch, num_patches, device=device).argsort(dim=1)
-    restore_index = shuffle.argsort(dim=1)
-    keep_index = shuffle[:, :n_keep]
-    mask = torch.ones(batch, num_patches, device=device)
-    mask[:, :n_keep] = 0
-    mask = torch.gather(mask, 1, restore_index)
-    return keep_index, mask, restore_index
+__all__ = ["MAE"]
 
 
 class MAE(nn.Module):

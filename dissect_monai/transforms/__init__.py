@@ -1,18 +1,16 @@
-"""Loading (PNG/JPEG, NIfTI, DICOM files and series) and SSL view generation, as MONAI dictionary transforms."""
+"""Loading (PNG/JPEG, NIfTI, DICOM files and series) and SSL views and masks, as MONAI dictionary transforms and
+batched tensor operations."""
 
 from dissect_monai.transforms.errors import ImageLoadError
 from dissect_monai.transforms.io import LoadMedicalImage, LoadMedicalImaged, read_any
-from dissect_monai.transforms.presets import load_transform_preset
-from dissect_monai.transforms.views import MultiCropd, RandomView, RandPatchMaskd, TwoViewsd
+from dissect_monai.transforms.views import RandTwoViewsd, ViewParameters, apply_view
 
 __all__ = [
     "ImageLoadError",
     "LoadMedicalImage",
     "LoadMedicalImaged",
-    "MultiCropd",
-    "RandPatchMaskd",
-    "RandomView",
-    "TwoViewsd",
-    "load_transform_preset",
+    "RandTwoViewsd",
+    "ViewParameters",
+    "apply_view",
     "read_any",
 ]

@@ -4,8 +4,9 @@
 Pillow, without MONAI's writer-side resampling (which fails on 2D label maps produced by an engine in monai
 1.6.1).
 
-For :class:`SaveDicomSegd`, the SEG itself is built by :mod:`dissect_monai.deploy.seg_writer` (highdicom); the
-transform finds the source instances from the prediction's metadata (``filename_or_obj`` and ``SOPInstanceUID`` kept by
+For :class:`SaveDicomSegd`, the SEG itself is built by :func:`dissect_monai.dicom.segmentation_from_prediction`
+(highdicom), the same builder the PACS node uses; the transform finds the source instances from the prediction's
+metadata (``filename_or_obj`` and ``SOPInstanceUID`` kept by
 :class:`dissect_monai.transforms.LoadMedicalImaged`) and writes one SEG per image. Predictions on non-DICOM
 inputs (PNG, NIfTI) are passed through untouched, so the same inference config serves every input type.
 highdicom is imported only when a SEG is written, so the transform also loads where highdicom is absent
@@ -122,12 +123,11 @@ class SaveDicomSegd(MapTransform):
             meta = self._meta(d, key)
             if not meta:
                 continue
-            from dissect_monai.deploy import (
+            from dissect_monai.dicom import (
                 AlgorithmInfo,
                 assign_missing_uids,
-                build_segmentation,
-                label_map_to_frames,
                 sanitise_uid,
+                segmentation_from_prediction,
             )
 
             pred = d[key]
@@ -139,18 +139,20 @@ class SaveDicomSegd(MapTransform):
                 # (deterministic, the same as the PACS node assigns), since it must reference something
                 logger.warning("source instances lack Study/Series/SOP Instance UIDs; deriving them for the SEG")
                 assign_missing_uids(sources, namespace=Path(str(meta["filename_or_obj"])).name)
-            frames = label_map_to_frames(labels, sources, affine=affine, space=str(meta.get("space", "RAS")))
-            seg = build_segmentation(
+            seg = segmentation_from_prediction(
+                labels,
                 sources,
-                frames,
                 self.segment_names,
                 AlgorithmInfo(name=self.algorithm_name, version=self.algorithm_version),
+                affine=affine,
+                space=str(meta.get("space", "RAS")),
                 series_number=self.series_number,
             )
             self.output_dir.mkdir(parents=True, exist_ok=True)
             out = self.output_dir / f"{sanitise_uid(seg.SOPInstanceUID)}.dcm"
             seg.save_as(out)
-            logger.info("wrote DICOM SEG %s (%d frames, %d segments)", out, len(frames), len(self.segment_names))
+            logger.info("wrote DICOM SEG %s (%d frames, %d segments)", out, int(seg.NumberOfFrames),
+                        len(self.segment_names))
             d[f"{key}_dicom_seg"] = str(out)
         return d
 

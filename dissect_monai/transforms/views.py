@@ -1,355 +1,255 @@
-"""Self-supervised view generation, 2D and 3D: random resized crops with intensity augmentation, two asymmetric
-views (BYOL), multi-crop (global + local, DINO) and patch masks (MAE random, I-JEPA blocks).
+"""The self-supervised view recipe: two asymmetric random views of every image of a batch (2D and 3D).
 
-Inputs are channel-first images in [0, 1] (``(C, H, W)`` or ``(C, X, Y, Z)``, e.g. from ``LoadMedicalImaged``);
-views are plain float32 ``torch.Tensor`` network inputs (their geometry no longer matches the source affine, so
-no metadata is carried).
+The pretraining bundle caches each decoded image at 1.5x the training size; after collation,
+:class:`RandTwoViewsd` cuts two views from every cached image of the batch, on the training device, with per-sample
+random parameters: random crop (each side 40-100 % of the image) resized to ``spatial_size`` with an area-like
+filter, left-right flip, small rotation, gamma, intensity scale and shift, Gaussian blur (always on view 1,
+rarely on view 2) and Gaussian noise (view 2 only). The whole batch takes one resampling and a few filters, so the
+views cost a small fraction of a training step (``scripts/benchmark_data.py``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.config import KeysCollection
-from monai.networks.layers import GaussianFilter
-from monai.transforms import MapTransform, Randomizable, Transform
-from monai.utils import convert_to_tensor, ensure_tuple, ensure_tuple_rep
+from monai.transforms import MapTransform, Randomizable
+from monai.utils import TransformBackends, convert_to_tensor
 
-__all__ = ["RandomView", "TwoViewsd", "MultiCropd", "RandPatchMaskd"]
+from dissect_monai.transforms.batched import adjust_gamma, gaussian_blur, resample_affine, supersampling_factor
 
-
-def _as_float_tensor(img) -> torch.Tensor:
-    return convert_to_tensor(img, track_meta=False, dtype=torch.float32)
+__all__ = ["RandTwoViewsd", "ViewParameters", "apply_view"]
 
 
-class RandomView(Randomizable, Transform):
-    """One random view of a channel-first image: random resized crop -> flips -> brightness/contrast jitter ->
-    gamma -> Gaussian blur -> solarisation -> Gaussian noise, clamped to [0, 1].
+@dataclass
+class ViewParameters:
+    """Random parameters of one view for each sample of a batch (B samples, N spatial axes; CPU tensors).
 
-    Args:
-        spatial_size: output spatial size, e.g. ``(64, 64)`` or ``(64, 64, 64)``.
-        scale: range of the crop's area/volume as a fraction of the image.
-        ratio: range of the crop's aspect ratio (per axis pair, log-uniform).
-        flip_prob: probability of flipping each axis in ``flip_axes``.
-        flip_axes: spatial axes that may flip; default left-right: axis 1 of a 2D ``(H, W)`` image, axis 0 of a
-            RAS volume.
-        jitter_prob: probability of the brightness/contrast jitter.
-        brightness: additive shift drawn from ``[-brightness, brightness]``.
-        contrast: contrast factor drawn from ``[1 - contrast, 1 + contrast]`` (around the image mean).
-        gamma_prob: probability of a gamma change.
-        gamma: gamma range.
-        blur_prob: probability of a Gaussian blur.
-        blur_sigma: sigma range in output pixels.
-        solarize_prob: probability of solarisation (values >= 0.5 become ``1 - v``).
-        noise_prob: probability of additive Gaussian noise.
-        noise_std: noise standard deviation drawn from ``[0, noise_std]``.
+    Attributes:
+        matrix: ``(B, N, N)`` and ``offset`` ``(B, N)``: the affine map from output to input coordinates
+            (crop, flip, rotation; see :func:`dissect_monai.transforms.batched.resample_affine`).
+        gamma: ``(B,)`` gamma exponents, applied where ``gamma_on`` ``(B,)`` is True.
+        intensity_scale: ``(B,)`` factors (1 = off); ``intensity_shift`` ``(B,)`` offsets (0 = off).
+        blur_sigma: ``(B, N)`` blur sigmas in output pixels, applied where ``blur_on`` ``(B,)`` is True.
+        noise_std: ``(B,)`` noise standard deviations (0 = off).
+        noise_seed: seed of the noise generator of the batch.
     """
 
-    def __init__(
-        self,
-        spatial_size: Sequence[int],
-        scale: tuple[float, float] = (0.2, 1.0),
-        ratio: tuple[float, float] = (3 / 4, 4 / 3),
-        flip_prob: float = 0.5,
-        flip_axes: Sequence[int] | None = None,
-        jitter_prob: float = 0.8,
-        brightness: float = 0.4,
-        contrast: float = 0.4,
-        gamma_prob: float = 0.5,
-        gamma: tuple[float, float] = (0.7, 1.5),
-        blur_prob: float = 0.5,
-        blur_sigma: tuple[float, float] = (0.1, 2.0),
-        solarize_prob: float = 0.0,
-        noise_prob: float = 0.0,
-        noise_std: float = 0.05,
-    ) -> None:
-        self.spatial_size = tuple(int(s) for s in spatial_size)
-        if not 0 < scale[0] <= scale[1] <= 1:
-            raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
-        if not 0 < ratio[0] <= ratio[1]:
-            raise ValueError(f"ratio must satisfy 0 < min <= max, got {ratio}")
-        self.scale, self.ratio = tuple(scale), tuple(ratio)
-        self.flip_prob = flip_prob
-        self.flip_axes = tuple(flip_axes) if flip_axes is not None else ((1,) if len(self.spatial_size) == 2 else (0,))
-        self.jitter_prob, self.brightness, self.contrast = jitter_prob, brightness, contrast
-        self.gamma_prob, self.gamma = gamma_prob, tuple(gamma)
-        self.blur_prob, self.blur_sigma = blur_prob, tuple(blur_sigma)
-        self.solarize_prob = solarize_prob
-        self.noise_prob, self.noise_std = noise_prob, noise_std
+    matrix: torch.Tensor
+    offset: torch.Tensor
+    gamma: torch.Tensor
+    gamma_on: torch.Tensor
+    intensity_scale: torch.Tensor
+    intensity_shift: torch.Tensor
+    blur_sigma: torch.Tensor
+    blur_on: torch.Tensor
+    noise_std: torch.Tensor
+    noise_seed: int
 
-    def randomize(self, data=None) -> None:  # every draw happens in __call__, in a fixed order
-        pass
-
-    def crop_box(self, shape: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """Random (start, size) of a crop covering a fraction in ``scale`` of ``shape``, its aspect ratios (relative
-        to the image's own, so anisotropic volumes crop proportionally) in ``ratio``."""
-        dims = len(shape)
-        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
-        for _ in range(10):
-            side = self.R.uniform(*self.scale) ** (1.0 / dims)  # per-axis fraction of an undistorted crop
-            logs = self.R.uniform(log_ratio[0] / 2, log_ratio[1] / 2, size=dims)
-            logs -= logs.mean()  # product of the per-axis factors stays 1: the fraction is kept
-            size = [int(round(n * side * math.exp(a))) for n, a in zip(shape, logs)]
-            if all(0 < s <= n for s, n in zip(size, shape)):
-                start = [int(self.R.randint(0, n - s + 1)) for s, n in zip(size, shape)]
-                return tuple(start), tuple(size)
-        return (0,) * dims, tuple(int(n) for n in shape)  # fall back to the whole image
-
-    def __call__(self, img) -> torch.Tensor:
-        """``img``: ``(C, *spatial)`` in [0, 1] -> ``(C, *spatial_size)`` float32 tensor in [0, 1]."""
-        x = _as_float_tensor(img)
-        dims = x.ndim - 1
-        if dims != len(self.spatial_size):
-            raise ValueError(f"image has {dims} spatial dims, spatial_size {self.spatial_size} has "
-                             f"{len(self.spatial_size)}")
-        start, size = self.crop_box(x.shape[1:])
-        x = x[(slice(None),) + tuple(slice(s, s + n) for s, n in zip(start, size))]
-        mode = "bilinear" if dims == 2 else "trilinear"
-        x = F.interpolate(x[None], size=self.spatial_size, mode=mode, align_corners=False,
-                          antialias=dims == 2)[0]
-        flips = [1 + a for a in self.flip_axes if self.R.rand() < self.flip_prob]
-        if flips:
-            x = torch.flip(x, dims=flips)
-        if self.R.rand() < self.jitter_prob:
-            c = self.R.uniform(1 - self.contrast, 1 + self.contrast)
-            b = self.R.uniform(-self.brightness, self.brightness)
-            mean = x.mean()
-            x = ((x - mean) * c + mean + b).clamp(0.0, 1.0)
-        if self.R.rand() < self.gamma_prob:
-            x = x.clamp(0.0, 1.0) ** self.R.uniform(*self.gamma)
-        if self.R.rand() < self.blur_prob:
-            sigma = float(self.R.uniform(*self.blur_sigma))
-            x = GaussianFilter(dims, sigma)(x[None])[0]
-        if self.R.rand() < self.solarize_prob:
-            x = torch.where(x >= 0.5, 1.0 - x, x)
-        if self.R.rand() < self.noise_prob:
-            std = float(self.R.uniform(0.0, self.noise_std))
-            noise = torch.from_numpy(self.R.standard_normal(size=tuple(x.shape)).astype(np.float32))
-            x = x + std * noise
-        return x.clamp(0.0, 1.0).contiguous()
+    def select(self, index: slice | torch.Tensor) -> ViewParameters:
+        """The parameters of the samples at ``index`` (same noise seed)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return ViewParameters(**{k: v if k == "noise_seed" else v[index] for k, v in values.items()})
 
 
-class TwoViewsd(Randomizable, MapTransform):
-    """Two asymmetric views of each key (BYOL): the first view replaces the key, the second is written to
-    ``f"{key}{suffix}"`` (default ``"image"`` -> ``"image"``, ``"image_2"``).
-
-    The BYOL asymmetry is the default: view 1 always blurred and never solarised, view 2 rarely blurred
-    (p=0.1), solarised with p=0.2 and noisy with p=0.2. Any :class:`RandomView` argument can be set per view.
+def apply_view(
+    images: torch.Tensor,
+    params: ViewParameters,
+    spatial_size: Sequence[int],
+    supersample: int = 1,
+    blur_radius: int | None = None,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One view of every image of a batch, in the recipe's order: resample (crop, resize, flip, rotation) ->
+    gamma -> intensity scale -> intensity shift -> blur -> noise.
 
     Args:
-        keys: image keys.
-        spatial_size: view size, e.g. ``(64, 64)`` or ``(64, 64, 64)``.
-        view_1: :class:`RandomView` arguments of the first view (override the BYOL defaults).
-        view_2: the same for the second view.
+        images: ``(B, C, *spatial)``.
+        params: the batch's :class:`ViewParameters`.
+        spatial_size: view size.
+        supersample: sub-samples per output pixel and axis of the resampling.
+        blur_radius: Gaussian kernel half-width (see :func:`dissect_monai.transforms.batched.gaussian_blur`).
+        noise: standard normal noise ``(B, C, *spatial_size)``, scaled by ``params.noise_std``; required when any
+            ``noise_std`` is positive.
+
+    Returns:
+        ``(B, C, *spatial_size)`` float32, contiguous.
+    """
+    device = images.device
+    x = resample_affine(images, params.matrix, params.offset, spatial_size, supersample)
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    gamma_on = params.gamma_on.to(device)
+    if bool(gamma_on.any()):
+        x[gamma_on] = adjust_gamma(x[gamma_on], params.gamma.to(device)[gamma_on])
+    x = x * params.intensity_scale.to(device).view(shape) + params.intensity_shift.to(device).view(shape)
+    blur_on = params.blur_on.to(device)
+    if bool(blur_on.any()):
+        x[blur_on] = gaussian_blur(x[blur_on], params.blur_sigma.to(device)[blur_on], blur_radius)
+    if bool((params.noise_std > 0).any()):
+        if noise is None or noise.shape != x.shape:
+            raise ValueError(f"apply_view needs noise of shape {tuple(x.shape)} for these parameters, got "
+                             f"{None if noise is None else tuple(noise.shape)}")
+        x = x + params.noise_std.to(device).view(shape) * noise.to(device)
+    return x.contiguous()
+
+
+def _per_view(value: float | Sequence[float], name: str) -> tuple[float, float]:
+    pair = (float(value), float(value)) if np.isscalar(value) else tuple(float(v) for v in value)
+    if len(pair) != 2 or not all(0.0 <= p <= 1.0 for p in pair):
+        raise ValueError(f"{name} must be a probability or a pair (view 1, view 2) of probabilities, got {value}")
+    return pair  # type: ignore[return-value]
+
+
+def _range(value: Sequence[float], name: str, low: float, high: float = math.inf) -> tuple[float, float]:
+    pair = tuple(float(v) for v in value)
+    if len(pair) != 2 or not low < pair[0] <= pair[1] <= high:
+        raise ValueError(f"{name} must be (min, max) with {low} < min <= max <= {high}, got {tuple(value)}")
+    return pair  # type: ignore[return-value]
+
+
+class RandTwoViewsd(Randomizable, MapTransform):
+    """Two asymmetric random views (BYOL-style) of each image of a collated batch, generated batched on the batch's
+    device with per-sample random parameters: the first view replaces ``key``, the second is ``f"{key}{suffix}"``.
+
+    Per view and sample, in this order: a random crop whose every side is a fraction in ``crop_scale`` of the
+    image's, placed uniformly, resized to ``spatial_size`` (bilinear, supersampled against aliasing), flipped
+    along each of ``flip_axes`` with ``flip_prob`` and rotated in the plane of spatial axes 0 and 1 by an angle
+    in ``[-rotate_range, rotate_range]`` radians with ``rotate_prob`` (in normalised coordinates, exact for square
+    images; outside the image is 0) -- all in one resampling; then gamma in ``gamma`` (MONAI's
+    ``AdjustContrast``) with ``gamma_prob``; ``x * (1 + f)``, ``f`` in ``[-scale, scale]`` with ``scale_prob``;
+    ``x + o``, ``o`` in ``[-shift, shift]`` with ``shift_prob``; Gaussian blur, sigma per axis in ``blur_sigma``
+    output pixels, with ``blur_prob``; Gaussian noise of std in ``[0, noise_std]`` with ``noise_prob``.
+    Every probability is one value for both views or a pair (view 1, view 2).
+
+    All parameters are drawn from this transform's random state (``set_random_state``), so a seed fixes the
+    views exactly; :func:`apply_view` applies given parameters (one sample's result does not depend on the rest
+    of the batch).
+
+    Args:
+        keys: keys of the batched images ``(B, C, *spatial)``, N = 2 or 3 spatial axes.
+        spatial_size: view size (N values).
+        crop_scale: range of each crop side as a fraction of the image side.
+        flip_prob: probability of flipping each axis of ``flip_axes``.
+        flip_axes: spatial axes that may flip (default 1: left-right of a 2D ``(H, W)`` image).
+        rotate_prob: probability of a rotation.
+        rotate_range: largest rotation angle in radians.
+        gamma_prob: probability of a gamma change.
+        gamma: gamma range.
+        scale_prob: probability of an intensity scaling.
+        scale: largest relative intensity scaling.
+        shift_prob: probability of an intensity shift.
+        shift: largest intensity shift.
+        blur_prob: probability of a Gaussian blur (default: view 1 always, view 2 with 0.1).
+        blur_sigma: sigma range in output pixels.
+        noise_prob: probability of Gaussian noise (default: view 2 only, 0.2).
+        noise_std: largest noise standard deviation.
         suffix: suffix of the second view's key.
         allow_missing_keys: skip absent keys.
     """
 
-    VIEW_1_DEFAULTS = {"blur_prob": 1.0, "solarize_prob": 0.0, "noise_prob": 0.0}
-    VIEW_2_DEFAULTS = {"blur_prob": 0.1, "solarize_prob": 0.2, "noise_prob": 0.2}
+    backend = [TransformBackends.TORCH]
 
     def __init__(
         self,
         keys: KeysCollection,
         spatial_size: Sequence[int],
-        view_1: Mapping | None = None,
-        view_2: Mapping | None = None,
+        crop_scale: Sequence[float] = (0.4, 1.0),
+        flip_prob: float | Sequence[float] = 0.5,
+        flip_axes: Sequence[int] = (1,),
+        rotate_prob: float | Sequence[float] = 0.5,
+        rotate_range: float = 0.17,
+        gamma_prob: float | Sequence[float] = 0.8,
+        gamma: Sequence[float] = (0.7, 1.5),
+        scale_prob: float | Sequence[float] = 0.8,
+        scale: float = 0.3,
+        shift_prob: float | Sequence[float] = 0.8,
+        shift: float = 0.1,
+        blur_prob: float | Sequence[float] = (1.0, 0.1),
+        blur_sigma: Sequence[float] = (0.1, 1.5),
+        noise_prob: float | Sequence[float] = (0.0, 0.2),
+        noise_std: float = 0.03,
         suffix: str = "_2",
         allow_missing_keys: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
-        self.views = (
-            RandomView(spatial_size, **{**self.VIEW_1_DEFAULTS, **dict(view_1 or {})}),
-            RandomView(spatial_size, **{**self.VIEW_2_DEFAULTS, **dict(view_2 or {})}),
-        )
+        self.spatial_size = tuple(int(s) for s in spatial_size)
+        dims = len(self.spatial_size)
+        if dims not in (2, 3) or min(self.spatial_size) < 1:
+            raise ValueError(f"spatial_size must be 2 or 3 positive sizes, got {tuple(spatial_size)}")
+        self.flip_axes = tuple(int(a) for a in flip_axes)
+        if not all(0 <= a < dims for a in self.flip_axes):
+            raise ValueError(f"flip_axes {self.flip_axes} must be spatial axes of a {dims}D view")
+        self.crop_scale = _range(crop_scale, "crop_scale", 0.0, 1.0)
+        self.gamma = _range(gamma, "gamma", 0.0)
+        self.blur_sigma = _range(blur_sigma, "blur_sigma", 0.0)
+        self.flip_prob, self.rotate_prob = _per_view(flip_prob, "flip_prob"), _per_view(rotate_prob, "rotate_prob")
+        self.gamma_prob, self.scale_prob = _per_view(gamma_prob, "gamma_prob"), _per_view(scale_prob, "scale_prob")
+        self.shift_prob, self.blur_prob = _per_view(shift_prob, "shift_prob"), _per_view(blur_prob, "blur_prob")
+        self.noise_prob = _per_view(noise_prob, "noise_prob")
+        self.rotate_range, self.scale, self.shift, self.noise_std = rotate_range, scale, shift, noise_std
+        self.blur_radius = int(math.ceil(4 * self.blur_sigma[1]))
         self.suffix = suffix
+        self.params: tuple[ViewParameters, ViewParameters] | None = None
 
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> TwoViewsd:
-        super().set_random_state(seed, state)
-        for view in self.views:
-            view.set_random_state(state=self.R)
-        return self
+    def _draw(self, batch_size: int, view: int) -> ViewParameters:
+        b, n, r = batch_size, len(self.spatial_size), self.R
+        side = r.uniform(*self.crop_scale, size=(b, n))
+        offset = r.uniform(-1.0, 1.0, size=(b, n)) * (1.0 - side)
+        flips = r.rand(b, n) < self.flip_prob[view]
+        sign = np.where(flips & np.isin(np.arange(n), self.flip_axes), -1.0, 1.0)
+        angle = r.uniform(-self.rotate_range, self.rotate_range, size=b) * (r.rand(b) < self.rotate_prob[view])
+        rotation = np.tile(np.eye(n), (b, 1, 1))
+        rotation[:, 0, 0], rotation[:, 0, 1] = np.cos(angle), -np.sin(angle)
+        rotation[:, 1, 0], rotation[:, 1, 1] = np.sin(angle), np.cos(angle)
+        matrix = side[:, :, None] * rotation * sign[:, None, :]  # diag(side) @ rotation @ diag(sign)
+        gamma = r.uniform(*self.gamma, size=b)
+        gamma_on = r.rand(b) < self.gamma_prob[view]
+        scale = 1.0 + r.uniform(-self.scale, self.scale, size=b) * (r.rand(b) < self.scale_prob[view])
+        shift = r.uniform(-self.shift, self.shift, size=b) * (r.rand(b) < self.shift_prob[view])
+        sigma = r.uniform(*self.blur_sigma, size=(b, n))
+        blur_on = r.rand(b) < self.blur_prob[view]
+        noise_std = r.uniform(0.0, self.noise_std, size=b) * (r.rand(b) < self.noise_prob[view])
+        noise_seed = int(r.randint(0, 2**31 - 1))
 
-    def randomize(self, data=None) -> None:
-        pass
+        def f32(a: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(a, dtype=torch.float32)
 
-    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            image = d[key]
-            d[key] = self.views[0](image)
-            d[f"{key}{self.suffix}"] = self.views[1](image)
-        return d
+        return ViewParameters(
+            matrix=f32(matrix), offset=f32(offset), gamma=f32(gamma), gamma_on=torch.as_tensor(gamma_on),
+            intensity_scale=f32(scale), intensity_shift=f32(shift), blur_sigma=f32(sigma),
+            blur_on=torch.as_tensor(blur_on), noise_std=f32(noise_std), noise_seed=noise_seed,
+        )
 
+    def randomize(self, data: int) -> None:
+        """Draw both views' parameters for a batch of ``data`` samples into ``self.params``."""
+        self.params = (self._draw(int(data), 0), self._draw(int(data), 1))
 
-class MultiCropd(Randomizable, MapTransform):
-    """Multi-crop views (DINO / SwAV): ``n_global`` large crops and ``n_local`` small crops of each key, stacked as
-    ``f"{key}_global"`` ``(n_global, C, *global_size)`` and ``f"{key}_local"`` ``(n_local, C, *local_size)``.
-
-    Args:
-        keys: image keys.
-        global_size: spatial size of the global crops.
-        local_size: spatial size of the local crops.
-        n_global: number of global crops (2 in DINO).
-        n_local: number of local crops (0 disables them).
-        global_scale: area fraction range of global crops.
-        local_scale: area fraction range of local crops.
-        view: further :class:`RandomView` arguments shared by all crops (flip, jitter, blur, ...).
-        global_views: per global crop, arguments overriding ``view`` (DINO: the first always blurred, the
-            second rarely blurred and sometimes solarised); ``None`` = all global crops alike.
-        local_view: arguments overriding ``view`` for the local crops (DINO: blur p=0.5).
-        allow_missing_keys: skip absent keys.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        global_size: Sequence[int],
-        local_size: Sequence[int],
-        n_global: int = 2,
-        n_local: int = 6,
-        global_scale: tuple[float, float] = (0.4, 1.0),
-        local_scale: tuple[float, float] = (0.05, 0.4),
-        view: Mapping | None = None,
-        global_views: Sequence[Mapping] | None = None,
-        local_view: Mapping | None = None,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        if n_global < 1 or n_local < 0:
-            raise ValueError(f"need n_global >= 1 and n_local >= 0, got {n_global}, {n_local}")
-        if global_views is not None and len(global_views) != n_global:
-            raise ValueError(f"global_views has {len(global_views)} entries for n_global={n_global}")
-        view = dict(view or {})
-        per_global = global_views if global_views is not None else [{}] * n_global
-        self.global_views = [RandomView(global_size, scale=global_scale, **{**view, **dict(g)}) for g in per_global]
-        self.local_view = RandomView(local_size, scale=local_scale, **{**view, **dict(local_view or {})})
-        self.n_local = n_local
-
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> MultiCropd:
-        super().set_random_state(seed, state)
-        for view in (*self.global_views, self.local_view):
-            view.set_random_state(state=self.R)
-        return self
-
-    def randomize(self, data=None) -> None:
-        pass
+    def _noise(self, params: ViewParameters, shape: Sequence[int], device: torch.device) -> torch.Tensor | None:
+        if not bool((params.noise_std > 0).any()):
+            return None
+        generator = torch.Generator(device=device).manual_seed(params.noise_seed)
+        return torch.randn(tuple(shape), generator=generator, device=device)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
         for key in self.key_iterator(d):
-            image = d[key]
-            d[f"{key}_global"] = torch.stack([view(image) for view in self.global_views])
-            if self.n_local:
-                d[f"{key}_local"] = torch.stack([self.local_view(image) for _ in range(self.n_local)])
+            images = convert_to_tensor(d[key], track_meta=False)
+            if images.ndim != len(self.spatial_size) + 2:
+                raise ValueError(
+                    f"RandTwoViewsd works on collated batches (B, C, *spatial) with {len(self.spatial_size)} spatial "
+                    f"axes; {key!r} has shape {tuple(images.shape)} (apply it after the DataLoader, e.g. as "
+                    "SSLIteration's batch_transform)"
+                )
+            self.randomize(images.shape[0])
+            supersample = supersampling_factor(images.shape[2:], self.spatial_size, self.crop_scale[1])
+            out_shape = (*images.shape[:2], *self.spatial_size)
+            d[key], d[f"{key}{self.suffix}"] = (
+                apply_view(images, p, self.spatial_size, supersample, self.blur_radius,
+                           self._noise(p, out_shape, images.device))
+                for p in self.params
+            )
         return d
-
-
-class RandPatchMaskd(Randomizable, MapTransform):
-    """Masks over the patch grid of an image, for masked image modelling (2D and 3D).
-
-    The grid has ``spatial_shape // patch_size`` cells. ``mode="random"`` (MAE) writes ``mask_key``: a bool grid
-    with exactly ``round(mask_ratio * cells)`` True (= hidden) cells. ``mode="blocks"`` (I-JEPA) writes
-    ``f"{mask_key}_targets"`` ``(n_targets, *grid)`` (blocks to predict, each covering ``target_scale`` of the grid
-    with aspect ratio in ``target_aspect``) and ``f"{mask_key}_context"`` ``grid`` (a block covering
-    ``context_scale`` of the grid, minus every target cell; True = visible context).
-
-    Args:
-        keys: image keys (the grid is computed from the first present key).
-        patch_size: patch edge in pixels (int or per axis).
-        mode: ``"random"`` or ``"blocks"``.
-        mask_ratio: fraction of hidden cells for ``"random"``.
-        n_targets: number of target blocks for ``"blocks"``.
-        target_scale: fraction of the grid per target block.
-        target_aspect: aspect ratio range of target blocks.
-        context_scale: fraction of the grid of the context block.
-        mask_key: key (prefix) of the written masks.
-        zero_masked: also set the hidden pixels of the image to 0 (``"random"`` only; for CNN-style masking).
-        allow_missing_keys: skip absent keys.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        patch_size: int | Sequence[int] = 16,
-        mode: str = "random",
-        mask_ratio: float = 0.75,
-        n_targets: int = 4,
-        target_scale: tuple[float, float] = (0.15, 0.2),
-        target_aspect: tuple[float, float] = (0.75, 1.5),
-        context_scale: tuple[float, float] = (0.85, 1.0),
-        mask_key: str = "mask",
-        zero_masked: bool = False,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        if mode not in ("random", "blocks"):
-            raise ValueError(f"mode must be 'random' or 'blocks', got {mode!r}")
-        if not 0 <= mask_ratio < 1:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
-        self.patch_size = ensure_tuple(patch_size)
-        self.mode, self.mask_ratio = mode, mask_ratio
-        self.n_targets, self.target_scale, self.target_aspect = n_targets, target_scale, target_aspect
-        self.context_scale = context_scale
-        self.mask_key, self.zero_masked = mask_key, zero_masked
-
-    def randomize(self, data=None) -> None:
-        pass
-
-    def _grid(self, spatial: Sequence[int]) -> tuple[int, ...]:
-        patch = self._patch_per_axis(len(spatial))
-        grid = tuple(int(s) // int(p) for s, p in zip(spatial, patch))
-        if len(patch) != len(spatial) or min(grid) < 1:
-            raise ValueError(f"patch_size {self.patch_size} does not tile spatial shape {tuple(spatial)}")
-        return grid
-
-    def _block(self, grid: Sequence[int], scale: tuple[float, float], aspect: tuple[float, float]) -> np.ndarray:
-        side = self.R.uniform(*scale) ** (1.0 / len(grid))
-        logs = self.R.uniform(math.log(aspect[0]) / 2, math.log(aspect[1]) / 2, size=len(grid))
-        logs -= logs.mean()
-        size = [min(g, max(1, int(round(g * side * math.exp(a))))) for g, a in zip(grid, logs)]
-        start = [int(self.R.randint(0, g - s + 1)) for g, s in zip(grid, size)]
-        block = np.zeros(grid, dtype=bool)
-        block[tuple(slice(b, b + s) for b, s in zip(start, size))] = True
-        return block
-
-    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
-        d = dict(data)
-        keys = list(self.key_iterator(d))
-        if not keys:
-            return d
-        grid = self._grid(tuple(d[keys[0]].shape[1:]))
-        if self.mode == "random":
-            n_cells = int(np.prod(grid))
-            hidden = np.zeros(n_cells, dtype=bool)
-            hidden[self.R.permutation(n_cells)[: int(round(self.mask_ratio * n_cells))]] = True
-            mask = torch.from_numpy(hidden.reshape(grid))
-            d[self.mask_key] = mask
-            if self.zero_masked:
-                for key in keys:
-                    image = _as_float_tensor(d[key])
-                    pixel_mask = mask
-                    for axis, p in enumerate(self._patch_per_axis(len(grid))):
-                        pixel_mask = pixel_mask.repeat_interleave(p, dim=axis)
-                    pad = [(0, s - m) for s, m in zip(image.shape[1:], pixel_mask.shape)]
-                    pixel_mask = np.pad(pixel_mask.numpy(), pad, constant_values=False)
-                    d[key] = image.masked_fill(torch.from_numpy(pixel_mask)[None], 0.0)
-            return d
-        targets = np.stack([self._block(grid, self.target_scale, self.target_aspect) for _ in range(self.n_targets)])
-        context = np.zeros(grid, dtype=bool)
-        for _ in range(10):  # I-JEPA needs a non-empty context: redraw it when the targets swallow it
-            context = self._block(grid, self.context_scale, (1.0, 1.0)) & ~targets.any(axis=0)
-            if context.any():
-                break
-        if not context.any():
-            context = ~targets.any(axis=0)
-        d[f"{self.mask_key}_targets"] = torch.from_numpy(targets)
-        d[f"{self.mask_key}_context"] = torch.from_numpy(context)
-        return d
-
-    def _patch_per_axis(self, dims: int) -> tuple[int, ...]:
-        return ensure_tuple_rep(self.patch_size[0], dims) if len(self.patch_size) == 1 else tuple(self.patch_size)

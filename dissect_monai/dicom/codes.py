@@ -1,19 +1,25 @@
-"""Coded concepts and algorithm identification shared by the DICOM SEG and SR writers."""
+"""Coded concepts, algorithm identification, result placement and source views shared by the SEG and SR writers."""
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 
 import highdicom as hd
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.errors import BytesLengthException
 from pydicom.tag import Tag
 from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
 
 import dissect_monai
+from dissect_monai.dicom.attributes import sanitised_element
 
-__all__ = ["AlgorithmInfo", "LOCAL_CODING_SCHEME", "concept_for_name", "reference_view"]
+__all__ = ["AlgorithmInfo", "LOCAL_CODING_SCHEME", "ResultPlacement", "concept_for_name", "reference_view"]
+
+logger = logging.getLogger(__name__)
 
 #: Private coding scheme (DICOM PS3.16 allows "99"-prefixed local schemes) for names without a SNOMED CT code.
 LOCAL_CODING_SCHEME = "99DISSECT"
@@ -58,6 +64,29 @@ class AlgorithmInfo:
         return hd.sr.AlgorithmIdentification(name=self.name, version=self.version)
 
 
+@dataclass(frozen=True)
+class ResultPlacement:
+    """Where a derived SEG / SR goes: its series and instance, and the instances it replaces.
+
+    Attributes:
+        series_instance_uid: SeriesInstanceUID (a new UID when ``None``); the node passes the study's result
+            series, see :mod:`dissect_monai.deploy.jobs` on versions.
+        sop_instance_uid: SOPInstanceUID (a new UID when ``None``).
+        instance_number: InstanceNumber (the node writes the result version).
+        previous_versions: earlier versions (datasets with Study / Series / SOP Instance / SOP Class UIDs) an SR
+            cites in its Predecessor Documents Sequence; a SEG has no such attribute and refuses them.
+    """
+
+    series_instance_uid: str | None = None
+    sop_instance_uid: str | None = None
+    instance_number: int = 1
+    previous_versions: tuple[Dataset, ...] = ()
+
+    def uids(self) -> tuple[str, str]:
+        """(SeriesInstanceUID, SOPInstanceUID), new UIDs for those not given."""
+        return self.series_instance_uid or generate_uid(), self.sop_instance_uid or generate_uid()
+
+
 def _camel_case(name: str) -> str:
     return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^0-9A-Za-z]+", name) if part)
 
@@ -98,17 +127,25 @@ def reference_view(ds: Dataset) -> Dataset:
 
     * an empty SOPClassUID (e.g. anonymised CT) is taken from the file meta MediaStorageSOPClassUID;
     * a projection image (no ImagePositionPatient / ImageOrientationPatient) loses PixelSpacing, which highdicom
-      would write as a Pixel Measures item without SliceThickness that highdicom 0.28 itself cannot read back.
+      would write as a Pixel Measures item without SliceThickness that highdicom 0.28 itself cannot read back;
+    * top-level values that are not valid DICOM (``PatientBirthDate = '1961-07-04'``, ``PatientSex = 'male'``,
+      over-long names) are repaired or emptied (:func:`dissect_monai.dicom.attributes.sanitised_element`), and
+      an element whose value cannot even be decoded is left out; each with a warning naming the keyword only.
 
     Raises:
         ValueError: when the SOP class cannot be determined.
     """
     view = Dataset()
     projection = not all(k in ds for k in _PLANE_GEOMETRY)
-    for element in ds:
+    for tag in list(ds.keys()):
+        try:
+            element = ds[tag]
+        except (BytesLengthException, ValueError, TypeError, OverflowError):  # e.g. a US value of 3 bytes
+            logger.warning("source attribute %s cannot be decoded: left out of the result", Tag(tag))
+            continue
         if element.keyword == "PixelData" or (projection and element.keyword == "PixelSpacing"):
             continue
-        view.add(element)
+        view.add(sanitised_element(element))
     if not str(view.get("SOPClassUID", "")).strip():
         meta_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "").strip()
         if not meta_class:

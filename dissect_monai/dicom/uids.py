@@ -1,4 +1,4 @@
-"""Small DICOM helpers shared by the node and its tests: safe file names from UIDs, series order, UID repair."""
+"""UID and series helpers: safe file names from UIDs, series order, UID repair, deterministic result UIDs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-__all__ = ["sanitise_uid", "sort_series", "assign_missing_uids"]
+__all__ = ["sanitise_uid", "sort_series", "assign_missing_uids", "result_uid"]
 
 _UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
@@ -62,3 +62,9 @@ def assign_missing_uids(datasets: Sequence[Dataset], namespace: str) -> list[Dat
         if not str(ds.get("SeriesInstanceUID", "")).strip():
             ds.SeriesInstanceUID = series_uid
     return list(datasets)
+
+
+def result_uid(*parts: object) -> str:
+    """A UID derived from ``parts`` (e.g. study UID, pipeline, source, version): the same parts always give the
+    same UID, so a result written again after a crash, or a new version in a known series, needs no stored UID."""
+    return generate_uid(entropy_srcs=["dissect-monai result", *(str(p) for p in parts)])

@@ -1,7 +1,10 @@
 """DICOM SEG (BINARY) from a label map predicted on a CR/DX image or a CT/MR series.
 
-Two steps, usable separately:
+:func:`segmentation_from_prediction` is the one place a SEG is assembled from a bundle's prediction (used by
+:class:`dissect_monai.transforms.SaveDicomSegd` in bundle inference and by the node's study jobs). Its steps,
+usable separately:
 
+* :func:`label_map_from_prediction` turns a segmentation output (one-hot / probabilities or labels) into a label map;
 * :func:`label_map_to_frames` puts a label map predicted by a bundle (MONAI channel-first layout with an affine,
   e.g. after ``Invertd``) onto the pixel grid of the source DICOM instances, one frame per instance;
 * :func:`build_segmentation` turns those frames into a highdicom ``Segmentation`` (BINARY, one segment per
@@ -14,13 +17,19 @@ from collections.abc import Mapping, Sequence
 
 import highdicom as hd
 import numpy as np
+import torch
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
 
-from dissect_monai.deploy.dicom_codes import AlgorithmInfo, concept_for_name, reference_view
+from dissect_monai.dicom.codes import AlgorithmInfo, ResultPlacement, concept_for_name, reference_view
 
-__all__ = ["build_segmentation", "label_map_to_frames", "has_plane_geometry"]
+__all__ = [
+    "build_segmentation",
+    "has_plane_geometry",
+    "label_map_from_prediction",
+    "label_map_to_frames",
+    "segmentation_from_prediction",
+]
 
 AI_SERIES_DESCRIPTION = "AI segmentation - not for clinical use"
 
@@ -38,6 +47,27 @@ def _pixel_centres_lps(ds: Dataset) -> np.ndarray:
     rows = np.arange(int(ds.Rows), dtype=np.float64)[:, None, None]
     columns = np.arange(int(ds.Columns), dtype=np.float64)[None, :, None]
     return position + columns * column_spacing * orientation[:3] + rows * row_spacing * orientation[3:]
+
+
+def label_map_from_prediction(pred: torch.Tensor | np.ndarray, spatial_ndim: int) -> np.ndarray:
+    """``(1, *spatial)`` integer label map from a segmentation output.
+
+    Args:
+        pred: ``(C, *spatial)`` (argmax over C > 1 channels; C = 1 is already a label map) or ``(*spatial)``
+            (a label map whose channel was squeezed, e.g. for MONAI Label).
+        spatial_ndim: 2 for a radiograph, 3 for a volume.
+
+    Raises:
+        ValueError: when ``pred`` has neither ``spatial_ndim`` nor ``spatial_ndim + 1`` dimensions.
+    """
+    array = torch.as_tensor(np.asarray(pred) if not isinstance(pred, torch.Tensor) else pred).detach().float()
+    if array.ndim == spatial_ndim:
+        array = array[None]
+    elif array.ndim != spatial_ndim + 1:
+        raise ValueError(f"segmentation output of shape {tuple(array.shape)} is not {spatial_ndim}-D")
+    if array.shape[0] > 1:
+        array = array.argmax(dim=0, keepdim=True)
+    return np.rint(array.cpu().numpy()).astype(np.int64)
 
 
 def label_map_to_frames(
@@ -107,6 +137,7 @@ def build_segmentation(
     series_number: int = 9901,
     series_description: str = AI_SERIES_DESCRIPTION,
     segment_codes: Mapping[int, tuple[hd.sr.CodedConcept, hd.sr.CodedConcept]] | None = None,
+    placement: ResultPlacement | None = None,
 ) -> hd.seg.Segmentation:
     """Build a BINARY DICOM SEG in the study of ``source_images``, one segment per label.
 
@@ -121,12 +152,16 @@ def build_segmentation(
         series_description: SeriesDescription of the new series.
         segment_codes: optional label -> (segmented property category, segmented property type); by default
             category is SNOMED CT "Anatomical Structure" and type is looked up by name (:func:`concept_for_name`).
+        placement: series, instance UID and number (new UIDs, instance 1 by default).
 
     Returns:
-        the SEG dataset (a ``pydicom.Dataset`` subclass); new SeriesInstanceUID and SOPInstanceUID.
+        the SEG dataset (a ``pydicom.Dataset`` subclass).
     """
     if not source_images:
         raise ValueError("no source images given")
+    placement = placement or ResultPlacement()
+    if placement.previous_versions:
+        raise ValueError("a SEG cannot cite previous versions (no Predecessor Documents Sequence in its IOD)")
     frames = np.asarray(label_frames)
     if frames.ndim == 2:
         frames = frames[None]
@@ -167,15 +202,16 @@ def build_segmentation(
                 algorithm_identification=algorithm.segmentation_identification(),
             )
         )
+    series_uid, sop_uid = placement.uids()
     seg = hd.seg.Segmentation(
         source_images=[reference_view(ds) for ds in source_images],
         pixel_array=binary,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=generate_uid(),
+        series_instance_uid=series_uid,
         series_number=series_number,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
+        sop_instance_uid=sop_uid,
+        instance_number=placement.instance_number,
         manufacturer=algorithm.manufacturer,
         manufacturer_model_name=algorithm.model_name,
         software_versions=algorithm.software_version,
@@ -186,3 +222,36 @@ def build_segmentation(
     )
     seg.SeriesDescription = series_description
     return seg
+
+
+def segmentation_from_prediction(
+    pred: torch.Tensor | np.ndarray,
+    source_images: Sequence[Dataset],
+    segment_names: Mapping[int, str],
+    algorithm: AlgorithmInfo,
+    affine: np.ndarray | None = None,
+    space: str = "RAS",
+    **seg_options,
+) -> hd.seg.Segmentation:
+    """The DICOM SEG of a bundle's segmentation output on its source instances.
+
+    Args:
+        pred: the post-processed prediction in the source's original geometry (after ``Invertd``):
+            ``(C, H, W)`` / ``(H, W)`` for one radiograph, ``(C, X, Y, Z)`` / ``(X, Y, Z)`` for a series;
+            ``C > 1`` channels are reduced by argmax (see :func:`label_map_from_prediction`).
+        source_images: the instances the prediction was made from (one radiograph, or a series' slices).
+        segment_names: label (>= 1) -> segment name.
+        algorithm: algorithm identification.
+        affine: ``pred``'s voxel -> patient matrix (needed for CT / MR sources, see :func:`label_map_to_frames`).
+        space: coordinate system of ``affine`` (``"RAS"`` or ``"LPS"``).
+        seg_options: passed to :func:`build_segmentation` (series number and description, placement, ...).
+
+    Raises:
+        ValueError: when the prediction does not fit the sources or names a label without a segment.
+    """
+    if not source_images:
+        raise ValueError("no source images given")
+    single_frame = len(source_images) == 1 and int(source_images[0].get("NumberOfFrames", 1) or 1) == 1
+    labels = label_map_from_prediction(pred, 2 if single_frame else 3)
+    frames = label_map_to_frames(labels, source_images, affine=affine, space=space)
+    return build_segmentation(source_images, frames, segment_names, algorithm, **seg_options)
