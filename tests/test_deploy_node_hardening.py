@@ -352,7 +352,8 @@ def test_spool_prune_by_age_and_size(tmp_path):
 
 def test_worker_survives_unwritable_reason_file(tmp_path, bundles, runners, data_root):
     """A job fails and its reason.txt cannot be written (an OSError, as on a full disk): the job still goes to
-    failed/, the worker lives on and the next study is processed (before: the worker thread died silently)."""
+    failed/ (its failure report still reaches the PACS), the worker lives on and the next study is processed
+    (before: the worker thread died silently)."""
     pacs = ResultStore()
     spool = Spool(tmp_path / "spool")
     broken = _cr(data_root)
@@ -364,9 +365,10 @@ def test_worker_survives_unwritable_reason_file(tmp_path, bundles, runners, data
     try:
         wait_for(lambda: (tmp_path / "spool" / "failed" / job).is_dir(), 60, what="the broken job in failed/")
         assert _store(node.dicom_port, [_cr(data_root)]) == [0x0000]
-        wait_for(lambda: len(pacs.received) == 2, 120, what="results of the next study")
-        health = requests.get(f"http://127.0.0.1:{node.health_port}/health", timeout=10)
-        assert health.status_code == 200 and health.json()["worker"] == "ok" and health.json()["failed"] == 1
+        wait_for(lambda: len(pacs.received) == 3, 120, what="the failure report and the next study's SR + SEG")
+        health = requests.get(f"http://127.0.0.1:{node.health_port}/health", timeout=10).json()
+        assert health["worker"] == "ok" and (health["failed"], health["failure_reports"], health["processed"]) == (1, 1, 1)
+        assert not (tmp_path / "spool" / "failed" / job / "reason.txt").exists()
     finally:
         node.stop()
         pacs.stop()
