@@ -43,6 +43,7 @@ from pynetdicom.sop_class import (
 
 from dissect_monai.deploy.bundle_runner import BundleRunner
 from dissect_monai.deploy.config import load_node_config
+from dissect_monai.deploy.jobs import FAILURE_CATEGORIES
 from dissect_monai.deploy.node import InferenceNode
 from dissect_monai.deploy.spool import Spool
 
@@ -335,7 +336,10 @@ def test_free_space_floor_refuses_with_a700(tmp_path, bundles, runners, data_roo
 
 
 def test_spool_prune_by_age_and_size(tmp_path):
+    """Retention deletes the oldest done/ jobs by age and size; failed/ and the study version records stay."""
     spool = Spool(tmp_path)
+    (tmp_path / "versions").mkdir()
+    (tmp_path / "versions" / "study.json").write_text('{"version": 1, "series": {}}')
     now = time.time()
     for k, age_hours in enumerate((50, 30, 2, 1)):
         job = tmp_path / "done" / f"job{k}"
@@ -346,8 +350,10 @@ def test_spool_prune_by_age_and_size(tmp_path):
     assert spool.prune("done", None, 2500) == 1  # the oldest left goes until 2 of 1000 bytes remain
     assert sorted(p.name for p in (tmp_path / "done").iterdir()) == ["job2", "job3"]
     assert spool.prune("done", None, None) == 0
-    with pytest.raises(ValueError, match="only done/ and sent/"):
-        spool.prune("failed", 0, 0)
+    assert spool.prune("done", 0, 0) == 2 and (tmp_path / "versions" / "study.json").is_file()
+    for kept in ("failed", "versions"):
+        with pytest.raises(ValueError, match="only done/ and sent/"):
+            spool.prune(kept, 0, 0)
 
 
 def test_worker_survives_unwritable_reason_file(tmp_path, bundles, runners, data_root):
@@ -440,6 +446,12 @@ def test_spool_permissions_and_no_patient_data_outside_dicom(tmp_path, bundles, 
         outcomes = {s.labels["outcome"]: s.value for s in families["dissect_node_associations"].samples
                     if s.name.endswith("_total")}
         assert outcomes["rejected"] == 1 and outcomes["accepted"] >= 1
+        total = {sample.name.removesuffix("_total"): sample.value for family in families.values()
+                 for sample in family.samples if sample.name.endswith("_total") and not sample.labels}
+        categories = [name for name in total if name.startswith("dissect_node_failed_")]
+        assert {f"dissect_node_failed_{c}" for c in FAILURE_CATEGORIES} == set(categories)
+        assert sum(total[name] for name in categories) == total["dissect_node_failed"] == 1
+        assert total["dissect_node_failure_reports"] == 1 and total["dissect_node_not_assessed"] == 0
         assert requests.get(health_url + "/health", timeout=10).headers["Content-Type"] == "application/json"
     finally:
         process.send_signal(15)
