@@ -15,6 +15,7 @@ from typing import Any
 
 import pydicom
 import requests
+import urllib3
 
 __all__ = ["LocalOrthanc", "free_port", "orthanc_available", "wait_for"]
 
@@ -56,6 +57,10 @@ class LocalOrthanc:
         with ``users`` (name -> password) its HTTP side (REST and DICOMweb) requires HTTP basic auth."""
         self.workdir = workdir
         self.session = requests.Session()
+        # Orthanc may close a kept-alive connection the session then reuses ("Remote end closed connection"):
+        # retried, as every request of the harness may be repeated (uploads and lookups are idempotent)
+        retry = urllib3.util.Retry(total=3, connect=3, read=3, allowed_methods=None, backoff_factor=0.2)
+        self.session.mount("http://", requests.adapters.HTTPAdapter(max_retries=retry))
         if users:
             self.session.auth = next(iter(users.items()))
         self.http_port, self.dicom_port = free_port(), free_port()
