@@ -33,6 +33,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
+from dissect_monai.data import default_data_root
 from dissect_monai.deploy.config import DestinationConfig, load_node_config
 from dissect_monai.deploy.jobs import series_matches
 from dissect_monai.deploy.node import InferenceNode
@@ -44,9 +45,8 @@ sys.path.insert(0, str(REPO / "tests"))
 from harness.bundles import untrained_copy  # noqa: E402
 from harness.orthanc import LocalOrthanc, free_port, wait_for  # noqa: E402
 
-DATA = REPO.parent / "shared" / "data"
-SIIM_CR = DATA / "dicom-samples" / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
-CT_SERIES = DATA / "totalseg-ct" / "example_ct_dicom"
+SIIM_CR = Path("dicom-samples", "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm")  # under the data root
+CT_SERIES = Path("totalseg-ct", "example_ct_dicom")
 
 
 def _encode(ds: pydicom.Dataset) -> bytes:
@@ -197,8 +197,10 @@ def main() -> None:
     logging.getLogger("highdicom").setLevel(logging.WARNING)
     warnings.simplefilter("ignore", UserWarning)
 
-    chest_crs = [pydicom.dcmread(SIIM_CR), pydicom.dcmread(get_testdata_file("RG1_UNCR.dcm"))]
-    ct = assign_missing_uids([pydicom.dcmread(p) for p in sorted(CT_SERIES.iterdir())], CT_SERIES.name)
+    data = default_data_root()
+    chest_crs = [pydicom.dcmread(data / SIIM_CR), pydicom.dcmread(get_testdata_file("RG1_UNCR.dcm"))]
+    ct_series = data / CT_SERIES
+    ct = assign_missing_uids([pydicom.dcmread(p) for p in sorted(ct_series.iterdir())], ct_series.name)
     with tempfile.TemporaryDirectory(prefix="pacs-bench-") as tmp:
         scratch = Path(tmp)
         config = load_node_config(args.config)

@@ -32,10 +32,11 @@ from pathlib import Path
 from dissect_monai.evaluation import read_json
 from dissect_monai.evaluation.launch import RecordedRun, bundle_command, run_finished
 from dissect_monai.evaluation.reports import write_method_comparison
-from dissect_monai.networks.presets import METHODS_DIR, method_names
+from dissect_monai.networks.presets import method_names
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "dissect_cxr_pretrain"
+METHODS_DIR = REPO / "configs" / "methods"
 
 
 def epochs_of(args: argparse.Namespace, method: str) -> int:
@@ -126,7 +127,7 @@ def plan(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    methods = method_names()
+    methods = method_names(METHODS_DIR)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", nargs="+", default=methods, choices=methods)
     ap.add_argument("--stages", nargs="+", default=["pretrain", "representations", "segmentation", "report"],

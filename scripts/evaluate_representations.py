@@ -42,6 +42,8 @@ from dissect_monai.networks.presets import method_names
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSIFICATION_BUNDLE = REPO / "bundles" / "dissect_cxr_classification"
+METHODS_DIR = REPO / "configs" / "methods"
+PRETRAIN_BUNDLE = REPO / "bundles" / "dissect_cxr_pretrain"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,6 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def settings_of(args: argparse.Namespace) -> ProtocolSettings:
     return ProtocolSettings(
+        methods_dir=str(METHODS_DIR), pretrain_bundle=str(PRETRAIN_BUNDLE),
         image_size=args.image_size, depth=args.depth, probe_fractions=tuple(args.fractions),
         probe_seeds=tuple(args.seeds), finetune_fractions=tuple(args.ft_fractions), finetune_seeds=tuple(args.ft_seeds),
         finetune_budget=StepBudget(args.ft_steps, args.ft_batch, args.ft_val_every), learning_rate=args.ft_lr,
@@ -87,10 +90,10 @@ def settings_of(args: argparse.Namespace) -> ProtocolSettings:
 def describe_rows(args: argparse.Namespace, settings: ProtocolSettings) -> list:
     labels = dict(item.split("=", 1) for item in args.label)
     try:
-        methods = method_assignments(args.method)
+        methods = method_assignments(args.method, METHODS_DIR)
     except ValueError as e:
         raise SystemExit(str(e)) from e
-    presets = method_names()
+    presets = method_names(METHODS_DIR)
     rows = [reference_row(name, settings) for name in args.rows]
     for spec in args.checkpoints:
         name, _, path = spec.rpartition("=")

@@ -40,11 +40,13 @@ from dissect_monai.networks.presets import method_names
 REPO = Path(__file__).resolve().parents[1]
 LUNG = REPO / "bundles" / "dissect_cxr_lung_segmentation"
 CT = REPO / "bundles" / "dissect_ct_segmentation"
+METHODS_DIR = REPO / "configs" / "methods"
+PRETRAIN_BUNDLE = REPO / "bundles" / "dissect_cxr_pretrain"
 
 
 def lung_rows(encoders: list[str], methods: dict[str, str]) -> tuple[list[LungRow], list[str]]:
     """The rows of ``--encoder`` values (``random`` or ``NAME=CHECKPOINT``) and the encoders without a checkpoint."""
-    presets = method_names()
+    presets = method_names(METHODS_DIR)
     rows, missing = [], []
     for spec in encoders:
         if spec == "random":
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
-        methods = method_assignments(args.method)
+        methods = method_assignments(args.method, METHODS_DIR)
     except ValueError as e:
         ap.error(str(e))
     rows, missing = lung_rows([] if args.no_lung else (args.encoder or ["random"]), methods)
@@ -95,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                 if discard_stale_run(args.work_dir / key, row):
                     print(f"[segmentation] {key}: earlier result came from another checkpoint, rerun", flush=True)
                 print(f"[segmentation] {key}", flush=True)
-                train_and_test_lung(LUNG, args.work_dir / key, row, fraction, seed, budget, args.image_size, overrides)
+                train_and_test_lung(LUNG, args.work_dir / key, row, fraction, seed, budget, args.image_size, overrides,
+                                    methods_dir=METHODS_DIR, pretrain_bundle=PRETRAIN_BUNDLE)
                 write_segmentation_report({**collect_runs(args.work_dir), "missing_encoders": missing}, args.results)
     if args.ct_epochs > 0:
         print("[segmentation] ct", flush=True)

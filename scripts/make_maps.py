@@ -35,6 +35,8 @@ from dissect_monai.networks.presets import method_names
 from dissect_monai.viz.maps_report import write_encoder_maps
 
 REPO = Path(__file__).resolve().parents[1]
+METHODS_DIR = REPO / "configs" / "methods"
+PRETRAIN_BUNDLE = REPO / "bundles" / "dissect_cxr_pretrain"
 RANDOM_REFERENCES = {"random_resnet18": "byol", "random_vit": "mae"}
 
 
@@ -47,7 +49,7 @@ def discover_runs(runs_dir: Path) -> list[dict]:
         match = re.fullmatch(r"(.+)_(\d+)", run_dir.name)
         method = record.get("method") or (match.group(1) if match else run_dir.name)
         size = int(record.get("image_size") or (match.group(2) if match else 64))
-        if method not in method_names():
+        if method not in method_names(METHODS_DIR):
             print(f"skip {run_dir.name}: no preset for method {method!r}", flush=True)
             continue
         found.append({"name": run_dir.name, "method": method, "image_size": size, "checkpoint": str(model),
@@ -84,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = args.runs_dir.resolve()
     shown = runs_dir.relative_to(REPO) if runs_dir.is_relative_to(REPO) else runs_dir
     source = "the `--run` arguments" if args.run else f"`{shown}/`"
-    write_encoder_maps(runs, args.data_root or default_data_root(), args.out, args.images, args.typical_images, source)
+    write_encoder_maps(runs, args.data_root or default_data_root(), args.out, args.images, args.typical_images, source,
+                       methods_dir=METHODS_DIR, pretrain_bundle=PRETRAIN_BUNDLE)
     print(f"wrote {args.out}", flush=True)
     return 0
 

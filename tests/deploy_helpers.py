@@ -2,9 +2,9 @@
 harness is :mod:`harness.orthanc`, re-exported here).
 
 The tiny bundles are complete MONAI bundles (metadata, YAML inference config with ``network_def``,
-``preprocessing`` through :class:`dissect_monai.transforms.LoadMedicalImaged`, ``inferer``, ``postprocessing``
-with ``Invertd``, and a randomly initialised real MONAI network saved as ``models/model.pt``). They exercise
-the generic bundle contract the node relies on; they are not trained.
+``preprocessing`` through ``LoadImaged(reader=MedicalImageReader)`` + ``MedicalIntensityd``, ``inferer``,
+``postprocessing`` with ``Invertd``, and a randomly initialised real MONAI network saved as ``models/model.pt``).
+They exercise the generic bundle contract the node relies on; they are not trained.
 """
 
 from __future__ import annotations
@@ -37,8 +37,10 @@ __all__ = ["Orthanc", "free_port", "orthanc_available", "wait_for", "make_tiny_b
 SIIM_CR = "dicom-samples/1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
 CT_SERIES = "totalseg-ct/example_ct_dicom"
 
-_LOAD_2D = {"_target_": "dissect_monai.transforms.LoadMedicalImaged", "keys": "image"}
-_LOAD_CT = {"_target_": "dissect_monai.transforms.LoadMedicalImaged", "keys": "image", "intensity": "hu"}
+_READ = [{"_target_": "LoadImaged", "keys": "image", "reader": {"_target_": "dissect_monai.data.MedicalImageReader"}},
+         {"_target_": "EnsureChannelFirstd", "keys": "image"}]
+_LOAD_2D = [*_READ, {"_target_": "dissect_monai.transforms.MedicalIntensityd", "keys": "image"}]
+_LOAD_CT = [*_READ, {"_target_": "dissect_monai.transforms.MedicalIntensityd", "keys": "image", "mode": "hu"}]
 
 
 def _bundle_configs(kind: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -47,7 +49,7 @@ def _bundle_configs(kind: str) -> tuple[dict[str, Any], dict[str, str]]:
             "_target_": "monai.networks.nets.Classifier", "in_shape": [1, 64, 64], "classes": 2,
             "channels": [4, 8], "strides": [2, 2],
         }
-        pre = [_LOAD_2D, {"_target_": "Resized", "keys": "image", "spatial_size": [64, 64]}]
+        pre = [*_LOAD_2D, {"_target_": "Resized", "keys": "image", "spatial_size": [64, 64]}]
         post = [{"_target_": "Activationsd", "keys": "pred", "softmax": True}]
         return {"network_def": network, "pre": pre, "post": post}, {"0": "no finding", "1": "pneumonia"}
     invert = {
@@ -59,7 +61,7 @@ def _bundle_configs(kind: str) -> tuple[dict[str, Any], dict[str, str]]:
             "_target_": "monai.networks.nets.UNet", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
             "channels": [4, 8], "strides": [2], "num_res_units": 0,
         }
-        pre = [_LOAD_2D, {"_target_": "Resized", "keys": "image", "spatial_size": [64, 64]}]
+        pre = [*_LOAD_2D, {"_target_": "Resized", "keys": "image", "spatial_size": [64, 64]}]
         writer = {"_target_": "SaveImaged", "keys": "pred", "output_dir": "$@bundle_root + '/eval'"}
         post = [{"_target_": "AsDiscreted", "keys": "pred", "argmax": True}, invert, writer]
         return {"network_def": network, "pre": pre, "post": post}, {"0": "background", "1": "lung"}
@@ -69,7 +71,7 @@ def _bundle_configs(kind: str) -> tuple[dict[str, Any], dict[str, str]]:
             "channels": [4, 8], "strides": [2], "num_res_units": 0,
         }
         pre = [
-            _LOAD_CT,
+            *_LOAD_CT,
             {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -1000, "a_max": 1000, "b_min": 0.0,
              "b_max": 1.0, "clip": True},
             {"_target_": "Resized", "keys": "image", "spatial_size": [64, 64, 16]},

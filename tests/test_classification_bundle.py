@@ -77,13 +77,18 @@ def trained(tmp_path_factory, data_root, pretrained_checkpoint) -> dict:
     return {"dir": out, "model": out / "models" / "model.pt", "eval": out / "eval"}
 
 
-def test_standard_bundle_checks(tmp_path):
+def test_standard_bundle_checks(tmp_path, pretrained_checkpoint):
     bundle = BundleUnderTest(BUNDLE)
     bundle.check_metadata()
     bundle.check_net_in_out("inference.yaml")
-    bundle.check_net_in_out("inference.yaml", use_descriptor=True)
+    # with the descriptor, the quantizer's architecture is the one stored in the bundle's checkpoint
+    classifier = tmp_path / "classifier.pt"
+    trained = bundle.network("train.yaml", pretrained_checkpoint=str(pretrained_checkpoint), use_descriptor=True)
+    torch.save(trained.state_dict(), classifier)
+    bundle.check_net_in_out("inference.yaml", use_descriptor=True, ckpt_path=str(classifier))
     bundle.check_ckpt_export("inference.yaml", tmp_path / "plain", precision="fp32")
-    bundle.check_ckpt_export("inference.yaml", tmp_path / "descriptor", precision="fp32", use_descriptor=True)
+    bundle.check_ckpt_export("inference.yaml", tmp_path / "descriptor", ckpt_file=classifier, precision="fp32",
+                             use_descriptor=True, ckpt_path=str(classifier))
     bundle.check_properties("infer", "inference.yaml")
     bundle.check_properties("train", "train.yaml", pretrained_checkpoint="")
 
@@ -95,7 +100,8 @@ def test_train_and_inference_networks_are_the_same():
     infer.read_config(str(CONFIGS / "inference.yaml"))
     train_def = {k: v for k, v in train["network_def"].items() if k != "freeze_encoder"}
     assert train_def == infer["network_def"]
-    assert train["descriptor"] == infer["descriptor"]
+    # the same descriptor, read from the pretraining checkpoint in training and from the bundle's own in inference
+    assert train["descriptor"].replace("@pretrained_checkpoint", "@ckpt_path") == infer["descriptor"]
 
 
 def test_linear_probe_trains_head_only_and_selects_on_val(trained, pretrained_checkpoint):

@@ -50,7 +50,9 @@ def test_bundle_trains_evaluates_infers_and_exports_on_monai_1_4(tmp_path, data_
     assert result["source"] == SIIM_DICOM
     assert list(result["probabilities"]) == ["pneumonia"] and 0 <= result["probabilities"]["pneumonia"] <= 1
 
-    run_bundle(BUNDLE, "verify_net_in_out", ["inference.yaml"], {"use_descriptor": True}, tmp_path)
+    # with the descriptor, the network's quantizer is the one stored in the bundle's checkpoint (ckpt_path)
+    with_descriptor = {"use_descriptor": True, "ckpt_path": model}
+    run_bundle(BUNDLE, "verify_net_in_out", ["inference.yaml"], with_descriptor, tmp_path)
     run_bundle(BUNDLE, "ckpt_export", ["inference.yaml"], {"filepath": tmp_path / "model.ts", "ckpt_file": model,
-                                                           "use_descriptor": True, "precision": "fp32"}, tmp_path)
+                                                           "precision": "fp32", **with_descriptor}, tmp_path)
     assert (tmp_path / "model.ts").stat().st_size > 1_000_000

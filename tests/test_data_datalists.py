@@ -18,6 +18,7 @@ from dissect_monai.data import (
     LABEL_FRACTIONS,
     csv_datalist,
     dataset_datalist,
+    default_data_root,
     dicom_datalist,
     folder_datalist,
     pool_summary,
@@ -25,7 +26,7 @@ from dissect_monai.data import (
     sample_label_fraction,
     split_by_patient,
 )
-from dissect_monai.transforms import LoadMedicalImaged, RandTwoViewsd
+from dissect_monai.transforms import RandTwoViewsd, load_image_transforms
 
 EXPECTED_SPLITS = {
     "nih-cxr-pneumonia": {"train": 682, "val": 112, "test": 206},
@@ -70,7 +71,7 @@ def test_every_dataset_loads_through_datalist_and_views(data_root, name):
     sample = [items[i] for i in np.random.default_rng(0).choice(len(items), 6, replace=False)]
     segmentation = DATASETS[name]["mask"] is not None
     keys = ["image", "label"] if segmentation else ["image"]
-    steps = [LoadMedicalImaged(keys, intensity=["unit", "raw"] if segmentation else "unit"),
+    steps = [*load_image_transforms("image", label_keys=keys[1:]),
              Resized(keys, spatial_size=(96, 96), mode=["area", "nearest"] if segmentation else "area")]
     if segmentation:
         steps.append(AsDiscreted("label", threshold=0.5))
@@ -143,7 +144,7 @@ def test_folder_datalist(data_root, tmp_path):
     assert [(Path(it["image"]).name, it["label"], it["class_name"]) for it in items] == [
         ("ct.nii.gz", 0, "normal"), ("IM-0001-0001.jpeg", 0, "normal"), ("00000061_012.png", 1, "pneumonia")]
     assert items[0]["patient_id"] == "ct"
-    loaded = Compose([LoadMedicalImaged("image")])
+    loaded = Compose(load_image_transforms("image"))
     assert [tuple(loaded(it)["image"].shape) for it in items] == [(1, 122, 101, 30), (1, 224, 224), (1, 256, 256)]
 
 
@@ -164,7 +165,7 @@ def test_dicom_datalist_groups_series_and_instances(data_root, tmp_path):
     assert cr["StudyInstanceUID"] == str(pydicom.dcmread(cr["image"]).StudyInstanceUID)
     patient_id = str(pydicom.dcmread(cr["image"]).PatientID)
     assert cr["patient_id"] != patient_id and len(cr["patient_id"]) == 16  # pseudonym, not the identifier
-    loaded = LoadMedicalImaged("image", intensity="unit")
+    loaded = Compose(load_image_transforms("image"))
     assert loaded(ct)["image"].shape == (1, 512, 512, 20)
     assert loaded(cr)["image"].shape == (1, 1024, 1024)
 
@@ -189,19 +190,38 @@ def test_volume_and_dicom_datasets_load_through_datalists_and_views(data_root):
     assert {Path(it["image"]).name for it in volumes} >= {"example_ct_sm.nii.gz", "example_mr_sm.nii.gz"}
     views_3d = RandTwoViewsd("image", (32, 32, 16), flip_axes=(0, 1, 2))
     small = [it for it in volumes if "_sm" in Path(it["image"]).name]
-    pipeline = Compose([LoadMedicalImaged("image"), Resized("image", (48, 48, 24)),
+    pipeline = Compose([*load_image_transforms("image"), Resized("image", (48, 48, 24)),
                         EnsureTyped("image", track_meta=False)])
     batch = views_3d(next(iter(DataLoader(Dataset(small, pipeline), batch_size=len(small)))))
     assert batch["image"].shape == batch["image_2"].shape == (len(small), 1, 32, 32, 16)
 
     series = dicom_datalist(data_root / "totalseg-ct")
-    volume = Compose([LoadMedicalImaged("image"), Resized("image", (64, 64, 16))])(series[0])["image"]
+    volume = Compose([*load_image_transforms("image"), Resized("image", (64, 64, 16))])(series[0])["image"]
     out = views_3d({"image": volume[None]})
     assert out["image"].shape == (1, 1, 32, 32, 16) and float(out["image"].std()) > 0.01
 
     radiographs = dicom_datalist(data_root / "dicom-samples")
     assert len(radiographs) == 2 and {it["Modality"] for it in radiographs} == {"CR"}
-    pipeline = Compose([LoadMedicalImaged("image"), Resized("image", (96, 96), mode="area"),
+    pipeline = Compose([*load_image_transforms("image"), Resized("image", (96, 96), mode="area"),
                         EnsureTyped("image", track_meta=False)])
     batch = RandTwoViewsd("image", (64, 64))(next(iter(DataLoader(Dataset(radiographs, pipeline), batch_size=2))))
     assert batch["image"].shape == (2, 1, 64, 64)
+
+
+def test_default_data_root_from_the_variable_or_the_working_directory(data_root, tmp_path, monkeypatch):
+    """One source of the data root: $DISSECT_DATA_DIR, else ../shared/data from the current directory (never a
+    path found through the installed package), else an error that names the variable."""
+    monkeypatch.setenv("DISSECT_DATA_DIR", str(data_root))
+    assert default_data_root() == data_root.resolve()
+    monkeypatch.delenv("DISSECT_DATA_DIR")
+    repo = tmp_path / "checkout"
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    repo.mkdir()
+    monkeypatch.chdir(repo)
+    assert default_data_root() == (tmp_path / "shared" / "data").resolve()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="DISSECT_DATA_DIR is not set.*set DISSECT_DATA_DIR"):
+        default_data_root()
+    monkeypatch.setenv("DISSECT_DATA_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="nowhere is not a directory"):
+        default_data_root()

@@ -10,8 +10,14 @@ from monai.data import DataLoader
 from monai.transforms import Compose, EnsureTyped, Lambdad, RandFlipd, Resized
 from PIL import Image
 
-from dissect_monai.data import RobustCacheDataset, RobustDataset, RobustPersistentDataset, find_image_load_error
-from dissect_monai.transforms import ImageLoadError, LoadMedicalImaged
+from dissect_monai.data import (
+    ImageLoadError,
+    RobustCacheDataset,
+    RobustDataset,
+    RobustPersistentDataset,
+    find_image_load_error,
+)
+from dissect_monai.transforms import load_image_transforms
 
 
 @pytest.fixture()
@@ -29,7 +35,7 @@ def mixed_datalist(data_root, tmp_path):
 
 def transforms():
     return Compose([
-        LoadMedicalImaged("image"),
+        *load_image_transforms("image"),
         Resized("image", spatial_size=(32, 32)),
         EnsureTyped("image", track_meta=False),
         RandFlipd("image", prob=0.5, spatial_axis=1),
@@ -60,7 +66,7 @@ def test_dataset_fail_fast(mixed_datalist):
 
 def test_non_load_errors_propagate(mixed_datalist):
     """A bug in a later transform is not an unreadable image: it must surface, not be skipped."""
-    broken = Compose([LoadMedicalImaged("image"), Lambdad("image", func=lambda x: x.view(3, 5))])
+    broken = Compose([*load_image_transforms("image"), Lambdad("image", func=lambda x: x.view(3, 5))])
     with pytest.raises(RuntimeError) as info:
         RobustDataset(mixed_datalist, broken)[0]
     assert find_image_load_error(info.value) is None

@@ -12,6 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 import requests
+from pydicom.uid import ExplicitVRLittleEndian
 from deploy_helpers import (
     CR_RULES,
     CT_RULES,
@@ -73,6 +74,19 @@ def ct_files(data_root, tmp_path_factory) -> list[Path]:
     return ct_series_copy(data_root, tmp_path_factory.mktemp("ct"))
 
 
+@pytest.fixture(scope="module")
+def cr_file(data_root, tmp_path_factory) -> Path:
+    """The real SIIM CR cropped to 1024 rows x 800 columns (re-encoded uncompressed), so that a swapped axis
+    between the node's input and its SEG cannot pass unnoticed."""
+    ds = pydicom.dcmread(data_root / SIIM_CR)
+    pixels = np.ascontiguousarray(ds.pixel_array[:, 112:912])
+    ds.PixelData, ds.Columns = pixels.tobytes(), pixels.shape[1]
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    path = tmp_path_factory.mktemp("cr") / "cr_1024x800.dcm"
+    ds.save_as(path)
+    return path
+
+
 def _pipelines(bundles) -> list[dict]:
     return [
         {"name": "cxr_classification", "bundle": str(bundles["cxr_classification"]), "output": "sr",
@@ -91,12 +105,12 @@ def _node_config(tmp_path: Path, bundles, node_port: int, orthanc: Orthanc) -> P
     )
 
 
-def _send_studies(orthanc: Orthanc, data_root: Path, ct_files: list[Path]) -> tuple[pydicom.Dataset, list]:
-    cr_id = orthanc.upload(data_root / SIIM_CR)
+def _send_studies(orthanc: Orthanc, cr_file: Path, ct_files: list[Path]) -> tuple[pydicom.Dataset, list]:
+    cr_id = orthanc.upload(cr_file)
     ct_ids = [orthanc.upload(p) for p in ct_files]
     answer = orthanc.store_to_node([cr_id] + ct_ids)
     assert answer["FailedInstancesCount"] == 0 and answer["InstancesCount"] == 21
-    return pydicom.dcmread(data_root / SIIM_CR), [pydicom.dcmread(p) for p in ct_files]
+    return pydicom.dcmread(cr_file), [pydicom.dcmread(p) for p in ct_files]
 
 
 def _results(orthanc: Orthanc, cr: pydicom.Dataset, ct: list[pydicom.Dataset]) -> dict[str, list]:
@@ -118,7 +132,7 @@ def tiny_runners(bundles) -> dict[str, BundleRunner]:
 
 
 @pytest.mark.parametrize("bundle_set", ["tiny", pytest.param("project", marks=pytest.mark.slow)])
-def test_orthanc_to_node_and_back(bundle_set, tmp_path, request, data_root, ct_files):
+def test_orthanc_to_node_and_back(bundle_set, tmp_path, request, cr_file, ct_files):
     """Default run: tiny bundles (non-trivial masks, fast). ``-m slow``: the project's three bundles (their real
     inference configs; trained weights when present), ~3 min on this machine for the 3-D CT sliding window."""
     paths = request.getfixturevalue("bundles" if bundle_set == "tiny" else "project_bundles")
@@ -130,12 +144,12 @@ def test_orthanc_to_node_and_back(bundle_set, tmp_path, request, data_root, ct_f
     try:
         echo = requests.post(f"{orthanc.url}/modalities/node/echo", json={}, timeout=30)
         assert echo.ok  # Orthanc's C-ECHO to the node
-        cr, ct = _send_studies(orthanc, data_root, ct_files)
+        cr, ct = _send_studies(orthanc, cr_file, ct_files)
         found = wait_for(lambda: _all_arrived(orthanc, cr, ct), 240, interval=1.0, what="SR and SEGs in Orthanc")
         assert {k: len(v) for k, v in found.items()} == {"cr_sr": 1, "cr_seg": 1, "ct_seg": 1}
 
         # classification: the probabilities in Orthanc's SR are the bundle's, run directly on the same file
-        direct = runners["cxr_classification"].predict(data_root / SIIM_CR).reshape(-1)
+        direct = runners["cxr_classification"].predict(cr_file).reshape(-1)
         names = runners["cxr_classification"].channel_names()
         expected = {names[i]: float(direct[i]) for i in names}
         (sr,) = found["cr_sr"]
@@ -145,7 +159,9 @@ def test_orthanc_to_node_and_back(bundle_set, tmp_path, request, data_root, ct_f
         # chest X-ray lung segmentation
         seg = hd.seg.Segmentation.from_dataset(found["cr_seg"][0])
         mask = seg.get_pixels_by_source_instance([cr.SOPInstanceUID], combine_segments=True)[0]
-        direct_mask = np.asarray(runners["cxr_lung_segmentation"].predict(data_root / SIIM_CR)).reshape(mask.shape)
+        assert mask.shape == (1024, 800)  # the SEG frame has the source's Rows x Columns
+        pred = np.asarray(runners["cxr_lung_segmentation"].predict(cr_file))
+        direct_mask = pred.reshape(pred.shape[-2:]).T  # MONAI's (W, H) -> (Rows, Columns)
         np.testing.assert_array_equal(mask, direct_mask)
         assert [d.SegmentLabel for d in seg.SegmentSequence] == ["lung"]
 
@@ -167,7 +183,7 @@ def test_orthanc_to_node_and_back(bundle_set, tmp_path, request, data_root, ct_f
         orthanc.stop()
 
 
-def test_sigkill_mid_job_results_reach_orthanc_exactly_once(tmp_path, bundles, data_root, ct_files):
+def test_sigkill_mid_job_results_reach_orthanc_exactly_once(tmp_path, bundles, cr_file, ct_files):
     node_port = free_port()
     orthanc = Orthanc(tmp_path / "orthanc", "DISSECT_AI", node_port)
     config = _node_config(tmp_path, bundles, node_port, orthanc)
@@ -175,7 +191,7 @@ def test_sigkill_mid_job_results_reach_orthanc_exactly_once(tmp_path, bundles, d
     node = serve_node(config, tmp_path / "node.log")
     try:
         wait_for(lambda: (spool / "node.json").exists(), 120, what="the node to listen")
-        cr, ct = _send_studies(orthanc, data_root, ct_files)
+        cr, ct = _send_studies(orthanc, cr_file, ct_files)
         wait_for(lambda: any((spool / "processing").iterdir()), 60, interval=0.05, what="a job to start")
         node.send_signal(signal.SIGKILL)
         node.wait(timeout=30)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 
@@ -128,6 +129,19 @@ def test_label_map_to_frames_errors(siim_cr, ct_series):
         label_map_to_frames(np.zeros((512, 512, 20), np.uint8), ct_series)
     with pytest.raises(ValueError, match="integer labels"):
         label_map_to_frames(np.full((1024, 1024), 0.5), [siim_cr])
+
+
+def test_label_map_to_frames_takes_a_radiograph_mask_in_monai_axis_order(siim_cr):
+    """A 2D label map is (Columns, Rows), as the bundles' loader gives it; the SEG frame is (Rows, Columns)."""
+    cr = copy.deepcopy(siim_cr)  # the fixture is shared by the module
+    cr.Columns = 800  # a non-square radiograph: 1024 rows x 800 columns
+    labels = np.zeros((800, 1024), np.uint8)
+    labels[700, 10] = 1  # column 700, row 10
+    frames = label_map_to_frames(labels[None], [cr])
+    assert frames.shape == (1, 1024, 800)
+    assert frames[0, 10, 700] == 1 and frames.sum() == 1
+    with pytest.raises(ValueError, match=r"\(Columns, Rows\) \(800, 1024\)"):
+        label_map_to_frames(labels.T, [cr])
 
 
 def test_build_segmentation_errors(siim_cr):

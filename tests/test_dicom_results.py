@@ -25,7 +25,7 @@ from dissect_monai.dicom import (
     read_classification_sr,
     read_unassessed_sr,
 )
-from dissect_monai.transforms import LoadMedicalImaged
+from dissect_monai.transforms import load_image_transforms
 
 SIIM_CR = "dicom-samples/1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
 ALGORITHM = AlgorithmInfo(name="dissect_test_bundle", version="0.0.1")
@@ -117,11 +117,10 @@ def test_failure_reason_keeps_root_cause_without_attribute_values(data_root, tmp
     del source.PixelData  # the loader's own error names the file and the problem
     broken = tmp_path / "broken.dcm"
     source.save_as(broken, enforce_file_format=True)
-    loader = LoadMedicalImaged(keys="image")
     from monai.transforms import Compose
 
     with pytest.raises(RuntimeError, match="applying transform") as caught:
-        Compose([loader])({"image": str(broken)})
+        Compose(load_image_transforms("image"))({"image": str(broken)})
     try:
         raise RuntimeError(f"bundle failed for Doe^Jane born 19610704 at {broken}") from caught.value
     except RuntimeError as err:
@@ -129,7 +128,7 @@ def test_failure_reason_keeps_root_cause_without_attribute_values(data_root, tmp
     first, cause = reason.splitlines()[:2]
     assert first == "category: internal"
     assert cause.startswith("cause: ImageLoadError: ") and "broken.dcm" in cause and "pixel data" in cause.lower()
-    assert "object at 0x" not in reason and "applying transform LoadMedicalImaged" in reason
+    assert "object at 0x" not in reason and "applying transform LoadImaged" in reason
     assert "Doe" not in reason and "Jane" not in reason and "19610704" not in reason and "<redacted>" in reason
 
 

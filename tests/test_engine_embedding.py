@@ -24,7 +24,7 @@ def test_output_names_are_safe_and_unique():
 
 def test_iteration_and_writer(tmp_path):
     torch.manual_seed(0)
-    net = DiSSECTEmbedder(num_codes=16, code_dims=8)
+    net = DiSSECTEmbedder(quantizer_args={"num_codes": 16, "code_dims": 8})
     images = MetaTensor(torch.rand(2, 1, 32, 32), meta={"filename_or_obj": ["/x/a.png", "/y/a.png"]})
     engine = SimpleNamespace(state=SimpleNamespace(device=torch.device("cpu"), iteration=1), network=net)
     out = EmbeddingIteration(precision="fp32")(engine, {"image": images})

@@ -52,10 +52,12 @@ def test_a_lung_run_trains_and_tests_through_the_bundle_and_is_reused(repo_root,
     row = LungRow("random init", "fine-tuned", None, None)
     bundle = repo_root / "bundles" / "dissect_cxr_lung_segmentation"
     overrides = {"num_threads": 1, "dataset_dir": str(data_root / "cxr-lung-seg")}
-    result = train_and_test_lung(bundle, run, row, 0.1, 0, StepBudget(1, 8, 1), 32, overrides)
+    presets = {"methods_dir": repo_root / "configs" / "methods",
+               "pretrain_bundle": repo_root / "bundles" / "dissect_cxr_pretrain"}
+    result = train_and_test_lung(bundle, run, row, 0.1, 0, StepBudget(1, 8, 1), 32, overrides, **presets)
     assert result["n_train_images"] == 14 and (result["epochs"], result["steps"]) == (1, 2)  # 14 images, batch 8
     assert result["test_dice"]["n"] == len(result["per_image_dice"]) and 0 <= result["test_dice"]["mean"] <= 1
     assert result["row"]["checkpoint_fingerprint"] is None and result["config"]["steps"] == 1
     mtime = (run / "result.json").stat().st_mtime_ns
-    assert train_and_test_lung(bundle, run, row, 0.1, 0, StepBudget(1, 8, 1), 32) == result
+    assert train_and_test_lung(bundle, run, row, 0.1, 0, StepBudget(1, 8, 1), 32, **presets) == result
     assert (run / "result.json").stat().st_mtime_ns == mtime

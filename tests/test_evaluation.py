@@ -38,7 +38,17 @@ from dissect_monai.evaluation import (
     summarise,
 )
 from dissect_monai.evaluation.reports import write_label_efficiency_report
-from dissect_monai.networks.presets import build_method_embedder
+from dissect_monai.networks.presets import build_method_embedder as _build_method_embedder
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS_DIR = REPO / "configs" / "methods"
+PRETRAIN = REPO / "bundles" / "dissect_cxr_pretrain"
+PRESETS = {"methods_dir": str(METHODS_DIR), "pretrain_bundle": str(PRETRAIN)}
+
+
+def build_method_embedder(method: str, image_size: int) -> torch.nn.Module:
+    return _build_method_embedder(method, image_size, METHODS_DIR, PRETRAIN)
+
 
 NIH = BENCHMARKS["nih"]
 
@@ -151,9 +161,10 @@ def small_nih(data_root, tmp_path_factory) -> Path:
     return root
 
 
-SETTINGS = ProtocolSettings(image_size=32, probe_fractions=(0.25, 1.0), probe_seeds=(0, 1), finetune_fractions=(0.25,),
-                            finetune_seeds=(0,), finetune_budget=StepBudget(steps=2, batch_size=8, val_every_steps=1),
-                            precision="fp32", threads=1)
+SETTINGS = ProtocolSettings(**PRESETS, image_size=32, probe_fractions=(0.25, 1.0), probe_seeds=(0, 1),
+                            finetune_fractions=(0.25,), finetune_seeds=(0,),
+                            finetune_budget=StepBudget(steps=2, batch_size=8, val_every_steps=1), precision="fp32",
+                            threads=1)
 
 
 def test_probe_protocol_resumes_and_reruns_a_changed_checkpoint(small_nih, tmp_path):
@@ -232,11 +243,11 @@ def test_finetune_cell_runs_the_classification_bundle_on_real_images(small_nih, 
 
 
 def test_method_assignments_name_only_known_presets():
-    assert method_assignments(["run1=mae", "run2=dissect"]) == {"run1": "mae", "run2": "dissect"}
+    assert method_assignments(["run1=mae", "run2=dissect"], METHODS_DIR) == {"run1": "mae", "run2": "dissect"}
     with pytest.raises(ValueError, match="unknown method preset.*simclr"):
-        method_assignments(["x=simclr"])
+        method_assignments(["x=simclr"], METHODS_DIR)
     with pytest.raises(ValueError, match="NAME=METHOD"):
-        method_assignments(["mae"])
+        method_assignments(["mae"], METHODS_DIR)
 
 
 def test_a_vit_method_checkpoint_is_probed_with_its_own_encoder(small_nih, tmp_path):
@@ -246,7 +257,7 @@ def test_a_vit_method_checkpoint_is_probed_with_its_own_encoder(small_nih, tmp_p
     [row] = checkpoint_rows("vit-run", checkpoint, "mae", SETTINGS)
     assert row.method == "mae" and "-mmae-" in row.fingerprint
     data = load_benchmark(NIH, 32, tmp_path / "images", small_nih)
-    settings = ProtocolSettings(image_size=32, probe_fractions=(1.0,), probe_seeds=(0,), precision="fp32")
+    settings = ProtocolSettings(**PRESETS, image_size=32, probe_fractions=(1.0,), probe_seeds=(0,), precision="fp32")
     run_row(row, [NIH], RowStore(tmp_path / "rows", row), settings, tmp_path, small_nih, "unused-for-probes",
             lambda spec: data, log=lambda text: None)
     assert 0 <= RowStore(tmp_path / "rows", row).cell("nih", 1.0, 0).test_auc <= 1

@@ -91,6 +91,19 @@ def test_output_and_gradient_layout_is_channels_last():
     assert gx.dtype == gw.dtype == torch.float32 and gx.shape == x.shape and gw.shape == w.shape
 
 
+def test_in_place_activation_on_the_output_keeps_the_gradients():
+    """An in-place ReLU after the convolution (MLVICX's channel gate) was refused: the output was a view created
+    inside the autograd Function."""
+    torch.manual_seed(0)
+    x, w, b = _random((2, 6, 5, 5), 3, 1, True)
+    grads = []
+    for conv in (F.conv2d, gc.conv_gemm):
+        y = F.relu(conv(x, w, b, 1, 0), inplace=True)
+        grads.append(torch.autograd.grad(y.square().sum(), (x, w, b)))
+    for a, c in zip(*grads):
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     "conv",
     [

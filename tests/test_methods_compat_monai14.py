@@ -20,16 +20,18 @@ pytestmark = [pytest.mark.monailabel, pytest.mark.slow]
 SCRIPT = r"""
 import json, torch, monai
 from dissect_monai.networks.dino import DINO
-from dissect_monai.networks.dissect_vit import DiSSECTViT
+from dissect_monai.networks.dissect import DiSSECT, DiSSECTEmbedder
 from dissect_monai.networks.ijepa import IJEPA
 from dissect_monai.networks.mae import MAE
-from dissect_monai.networks.vit import ViTEncoder
+from dissect_monai.networks.vit import ViTEncoder, ViTTokenPyramid
 torch.manual_seed(0)
 out = {"monai": monai.__version__}
 def vit(**kw):
     return ViTEncoder(img_size=32, patch_size=8, hidden_size=32, mlp_dim=64, num_layers=3, num_heads=2, **kw)
+dissect_vit = DiSSECT(DiSSECTEmbedder(ViTTokenPyramid(vit(class_token=False)), scales=(0, 1, 2),
+                                      quantizer_args={"num_codes": 16, "code_dims": 8}), hidden_dim=64)
 for name, model in [("mae", MAE(vit())), ("ijepa", IJEPA(vit(class_token=False))), ("dino", DINO(vit(), out_dim=64)),
-                    ("dissect_vit", DiSSECTViT(vit(class_token=False), num_codes=16, code_dims=8, hidden_dim=64))]:
+                    ("dissect_vit", dissect_vit)]:
     x = torch.rand(4, 1, 32, 32)
     loss = model(x, x.flip(-1))["loss"]
     loss.backward()

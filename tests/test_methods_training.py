@@ -10,9 +10,10 @@ import torch
 from monai.bundle import ConfigWorkflow
 
 from dissect_monai.networks import load_pretrained_encoder
+from dissect_monai.networks.presets import method_names
 from dissect_monai.networks.vit import ViTEncoder, ViTTokenPyramid
 
-METHODS = ("byol", "dissect", "vicreg", "mlvicx", "coboom", "mae", "ijepa", "dino", "dissect_vit")
+METHODS = method_names(Path(__file__).resolve().parents[1] / "configs" / "methods")
 
 
 def _real_images(data_root: Path, n: int) -> list[dict]:

@@ -141,7 +141,8 @@ def server(tmp_path_factory, data_root, trained_model):
 
     port = _free_port()
     log = open(work / "server.log", "w")
-    env = {**os.environ, "PYTHONPATH": "", "HOME": str(work)}
+    # the server imports the checkout under test, not the dissect_monai its environment has installed
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(work)}
     proc = subprocess.Popen(
         [str(python), "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies),
          "--conf", "models", f"{MODEL},{CT_MODEL}", "--conf", "zoo_source", "github", "--conf", "sam2", "false",

@@ -9,12 +9,25 @@ import torch.nn.functional as F
 from dissect_monai.networks import (
     DiSSECT,
     DiSSECTEmbedder,
+    PretrainedWeightsError,
+    QuantisedDescriptor,
     ResNetFeaturePyramid,
-    cosine_momentum,
     load_pretrained_encoder,
+    load_pretrained_quantizer,
 )
 
-SMALL = dict(depth=10, hidden_dim=32, projection_dim=16, num_codes=8, code_dims=4)
+SMALL_QUANTIZER = {"num_codes": 8, "code_dims": 4}
+
+
+def _embedder(use_quantizer: bool = True, scales: tuple[int, ...] = (1, 2, 3)) -> DiSSECTEmbedder:
+    """ResNet-10 pyramid + (8 codes x 4 dims per scale) quantizer."""
+    return DiSSECTEmbedder(
+        ResNetFeaturePyramid(depth=10), use_quantizer, scales, SMALL_QUANTIZER if use_quantizer else None
+    )
+
+
+def _model(use_quantizer: bool = True, scales: tuple[int, ...] = (1, 2, 3), **options) -> DiSSECT:
+    return DiSSECT(_embedder(use_quantizer, scales), hidden_dim=32, projection_dim=16, **options)
 
 
 def _views(batch: int = 4, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,7 +53,7 @@ def _textbook_byol(model: DiSSECT, v1: torch.Tensor, v2: torch.Tensor) -> torch.
 
 def test_vq_off_is_byol() -> None:
     torch.manual_seed(0)
-    model = DiSSECT(use_quantizer=False, **SMALL)
+    model = _model(use_quantizer=False)
     assert model.quantizer is None and not any("quantizer" in k or "discrete" in k for k in model.state_dict())
     v1, v2 = _views()
     # BN on running statistics: the joint two-view batch must equal the per-view textbook computation
@@ -61,8 +74,8 @@ def test_vq_off_is_byol() -> None:
 
 def test_vq_on_continuous_term_equals_byol_with_same_weights() -> None:
     torch.manual_seed(0)
-    dissect = DiSSECT(**SMALL).train()
-    byol = DiSSECT(use_quantizer=False, **SMALL).train()
+    dissect = _model().train()
+    byol = _model(use_quantizer=False).train()
     shared = {k: v for k, v in dissect.state_dict().items() if k in byol.state_dict()}
     assert set(shared) == set(byol.state_dict())
     byol.load_state_dict(shared)
@@ -89,7 +102,7 @@ def test_vq_on_continuous_term_equals_byol_with_same_weights() -> None:
 )
 def test_options_train_every_online_parameter(options: dict, terms: set) -> None:
     torch.manual_seed(0)
-    model = DiSSECT(**{**SMALL, **options}).train()
+    model = _model(**options).train()
     out = model(*_views())
     assert set(out) == terms | {"loss"}
     expected = (
@@ -109,11 +122,8 @@ def test_options_train_every_online_parameter(options: dict, terms: set) -> None
 
 
 def test_update_target_cosine_ema() -> None:
-    assert cosine_momentum(0.0) == pytest.approx(0.996)
-    assert cosine_momentum(0.5) == pytest.approx(0.998)
-    assert cosine_momentum(1.0) == pytest.approx(1.0)
     torch.manual_seed(0)
-    model = DiSSECT(**SMALL)
+    model = _model()
     with torch.no_grad():
         for p in model.online_parameters():
             p.add_(torch.randn_like(p))
@@ -140,7 +150,7 @@ def test_update_target_cosine_ema() -> None:
 
 def test_bf16_autocast_keeps_losses_and_codebooks_fp32() -> None:
     torch.manual_seed(0)
-    model = DiSSECT(**SMALL).train()
+    model = _model().train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(*_views())
     assert all(v.dtype == torch.float32 for v in out.values())
@@ -153,7 +163,7 @@ def test_bf16_autocast_keeps_losses_and_codebooks_fp32() -> None:
 @pytest.mark.parametrize("use_quantizer", [True, False])
 def test_embedder_torchscript_and_codes(use_quantizer: bool) -> None:
     torch.manual_seed(0)
-    model = DiSSECT(use_quantizer=use_quantizer, **SMALL).train()
+    model = _model(use_quantizer=use_quantizer).train()
     model(*_views())
     embedder = model.embedder.eval()
     x = torch.randn(2, 1, 64, 64)
@@ -169,14 +179,14 @@ def test_embedder_torchscript_and_codes(use_quantizer: bool) -> None:
             "codes_c2": (2, 16, 16), "codes_c3": (2, 8, 8), "codes_c4": (2, 4, 4)}
         assert int(encoded["codes_c2"].max()) < 8
     # a fresh embedder built from config loads the bundle's state dict
-    rebuilt = DiSSECTEmbedder(depth=10, use_quantizer=use_quantizer, num_codes=8, code_dims=4)
+    rebuilt = _embedder(use_quantizer)
     rebuilt.load_state_dict(embedder.state_dict())
     torch.testing.assert_close(rebuilt.eval()(x), embedder(x))
 
 
 def test_encoder_loads_from_bundle_model_and_training_checkpoint(tmp_path) -> None:
     torch.manual_seed(0)
-    model = DiSSECT(**SMALL)
+    model = _model()
     with torch.no_grad():
         for p in model.target_encoder.parameters():
             p.add_(1.0)  # make the target copy differ from the online encoder
@@ -190,14 +200,58 @@ def test_encoder_loads_from_bundle_model_and_training_checkpoint(tmp_path) -> No
 
 def test_invalid_options() -> None:
     with pytest.raises(ValueError, match="discrete_only"):
-        DiSSECT(use_quantizer=False, discrete_only=True, **SMALL)
+        _model(use_quantizer=False, discrete_only=True)
     with pytest.raises(ValueError, match="fusion"):
-        DiSSECT(fusion="sum", **SMALL)
-    with pytest.raises(ValueError, match="need use_quantizer"):
-        DiSSECT(use_quantizer=False, consistency_weight=1.0, **SMALL)
+        _model(fusion="sum")
+    with pytest.raises(ValueError, match="need a quantizer"):
+        _model(use_quantizer=False, consistency_weight=1.0)
     with pytest.raises(ValueError, match="scales"):
-        DiSSECT(scales=(5,), **SMALL)
-    with pytest.raises(ValueError, match="layer4"):
-        DiSSECT(discrete_only=True, **SMALL)
+        _embedder(scales=(5,))
+    with pytest.raises(ValueError, match="quantizer_args"):
+        DiSSECTEmbedder(ResNetFeaturePyramid(depth=10), use_quantizer=False, quantizer_args={"num_codes": 8})
+    with pytest.raises(ValueError, match="deepest map"):
+        _model(discrete_only=True)
     with pytest.raises(ValueError, match="same shape"):
-        DiSSECT(**SMALL)(torch.randn(2, 1, 32, 32), torch.randn(2, 1, 64, 64))
+        _model()(torch.randn(2, 1, 32, 32), torch.randn(2, 1, 64, 64))
+
+
+@pytest.mark.parametrize("scales", [(1, 2, 3), (2, 4)])
+def test_quantizer_settings_are_read_from_the_checkpoint(tmp_path, scales) -> None:
+    """Sizes and scales of any quantizer come back from model.pt / a training checkpoint, not from defaults."""
+    torch.manual_seed(0)
+    model = DiSSECT(DiSSECTEmbedder(ResNetFeaturePyramid(depth=10), scales=scales,
+                                    quantizer_args={"num_codes": [8, 16, 8][: len(scales)], "code_dims": 4}),
+                    hidden_dim=32, projection_dim=16).train()
+    model(*_views())  # initialises the codebooks from data
+    torch.save(model.embedder.state_dict(), tmp_path / "model.pt")
+    torch.save({"network": model.state_dict(), "iteration": 3}, tmp_path / "checkpoint.pt")
+    maps = model.encoder.eval()(torch.randn(2, 1, 32, 32))
+    for name in ("model.pt", "checkpoint.pt"):
+        quantizer, read_scales = load_pretrained_quantizer(tmp_path / name)
+        assert read_scales == list(scales)
+        assert quantizer.num_codes == model.quantizer.num_codes and quantizer.code_dims == model.quantizer.code_dims
+        for key, value in model.quantizer.state_dict().items():
+            assert torch.equal(quantizer.state_dict()[key], value), key
+        descriptor = QuantisedDescriptor.from_checkpoint(tmp_path / name)
+        expected = model.descriptor.eval()(model.quantizer.quantize(model.quantizer.project(
+            [maps[s] for s in scales]))[0], maps[-1])
+        torch.testing.assert_close(descriptor(maps), expected)
+
+
+def test_a_checkpoint_without_quantizer_is_a_clear_error(tmp_path) -> None:
+    torch.save(_embedder(use_quantizer=False).state_dict(), tmp_path / "byol.pt")
+    with pytest.raises(PretrainedWeightsError, match="byol.pt.*MultiScaleQuantizer"):
+        load_pretrained_quantizer(tmp_path / "byol.pt")
+    with pytest.raises(ValueError, match="no checkpoint"):
+        QuantisedDescriptor.from_checkpoint(None)
+
+
+def test_embedder_quantises_a_3d_vit_token_pyramid_with_3d_projections() -> None:
+    from dissect_monai.networks.vit import ViTEncoder, ViTTokenPyramid
+
+    vit = ViTEncoder(img_size=16, patch_size=8, hidden_size=24, mlp_dim=32, num_layers=3, num_heads=2,
+                     spatial_dims=3, class_token=False)
+    embedder = DiSSECTEmbedder(ViTTokenPyramid(vit), scales=(0, 2), quantizer_args=SMALL_QUANTIZER).eval()
+    assert all(isinstance(p, torch.nn.Conv3d) for p in embedder.quantizer.projections)
+    codes = embedder.encode(torch.rand(2, 1, 16, 16, 16))
+    assert codes["codes_block1"].shape == (2, 2, 2, 2) and codes["codes_block3"].shape == (2, 2, 2, 2)

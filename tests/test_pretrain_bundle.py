@@ -33,7 +33,7 @@ SMALL = {
     "progress_bar": False,
     "log_interval": 2,
     "network_def#hidden_dim": 256,
-    "network_def#num_codes": 64,
+    "network_def#embedder#quantizer_args": {"num_codes": 64},
 }
 
 
@@ -110,7 +110,7 @@ def test_bundle_trains_on_real_images_then_embeds_png_and_dicom(bundle, tmp_path
         output_dir=str(tmp_path / "emb"),
         ckpt_path=str(out / "model.pt"),
         image_size=32,
-        **{"network_def#num_codes": 64},
+        **{"network_def#quantizer_args": {"num_codes": 64}},
     )
     infer.run()
     infer.finalize()

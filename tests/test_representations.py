@@ -9,8 +9,9 @@ import torch
 
 from dissect_monai.evaluation import extract_features
 from dissect_monai.networks import ResNetFeaturePyramid
-from dissect_monai.networks.classification import EncoderClassifier, QuantisedDescriptor
-from dissect_monai.networks.dissect import DiscreteDescriptor, DiSSECTEmbedder
+from dissect_monai.networks.classification import EncoderClassifier
+from dissect_monai.networks.dissect import DiSSECTEmbedder, QuantisedDescriptor
+from dissect_monai.networks.heads import DiscreteDescriptor
 
 
 def test_linear_probe_classifier_freezes_encoder_and_batchnorm():
@@ -29,7 +30,7 @@ def test_linear_probe_classifier_freezes_encoder_and_batchnorm():
 def test_quantised_descriptor_matches_dissect_discrete_descriptor():
     """The classifier's descriptor = DiSSECT's fusion='none' descriptor of the quantised maps (eval mode)."""
     torch.manual_seed(0)
-    embedder = DiSSECTEmbedder(use_quantizer=True, num_codes=32).eval()
+    embedder = DiSSECTEmbedder(quantizer_args={"num_codes": 32}).eval()
     x = torch.rand(2, 1, 64, 64)
     maps = embedder.encoder(x)
     quantised, _, _ = embedder.quantizer([maps[s] for s in embedder.scales])
@@ -64,7 +65,7 @@ def test_classifier_accepts_a_collated_metatensor_batch():
 
     items = [{"image": MetaTensor(torch.rand(1, 64, 64), affine=torch.eye(4) * (i + 1))} for i in range(3)]
     batch = list_data_collate(items)["image"]
-    descriptor = QuantisedDescriptor(MultiScaleQuantizer([64, 128, 256], num_codes=16))
+    descriptor = QuantisedDescriptor(MultiScaleQuantizer([64, 128, 256], num_codes=16), scales=(1, 2, 3))
     net = EncoderClassifier(ResNetFeaturePyramid(), 1, descriptor=descriptor).eval()
     out = net(batch)
     assert out.shape == (3, 1) and not isinstance(out, MetaTensor)

@@ -8,6 +8,9 @@ the repository are never written to.
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import highdicom as hd
@@ -21,9 +24,9 @@ from monai.bundle import ConfigWorkflow
 from PIL import Image
 from pydicom.data import get_testdata_file
 
+from dissect_monai.data.dicom_reader import sop_instance_uid
 from dissect_monai.dicom import assign_missing_uids, label_map_to_frames
-from dissect_monai.transforms import LoadMedicalImage
-from dissect_monai.transforms.dicom_reader import sop_instance_uid
+from dissect_monai.transforms import load_image_transforms
 
 REPO = Path(__file__).resolve().parents[1]
 LUNG = REPO / "bundles" / "dissect_cxr_lung_segmentation"
@@ -36,6 +39,13 @@ def _torch_threads():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def _load(path, mode: str = "unit"):
+    d = {"image": str(path)}
+    for t in load_image_transforms("image", mode=mode):
+        d = t(d)
+    return d["image"]
 
 
 def _workflow(bundle: Path, configs: list[str], workflow_type: str, **override) -> ConfigWorkflow:
@@ -128,16 +138,16 @@ def _only(folder: Path, pattern: str) -> Path:
 )
 def test_lung_inference_keeps_dicom_geometry_and_writes_seg(lung_model, data_root, tmp_path, source):
     path = Path(get_testdata_file(source)) if "/" not in source else data_root / source
-    image = LoadMedicalImage()(str(path))
+    image = _load(path)
     _infer(LUNG, lung_model, [{"image": str(path)}], tmp_path)
 
     nifti = nib.load(_only(tmp_path, "*_seg.nii.gz"))
     mask = np.asarray(nifti.dataobj)
-    assert mask.shape == tuple(image.shape[1:])  # same size as the input, rows first
+    assert mask.shape == tuple(image.shape[1:])  # same size as the input, (Columns, Rows) as MONAI's axis order
     np.testing.assert_allclose(nib.affines.voxel_sizes(nifti.affine)[:2], image.pixdim[:2], rtol=1e-5)
     assert set(np.unique(mask)) <= {0, 1}
     png = np.asarray(Image.open(_only(tmp_path, "*_seg.png")))
-    np.testing.assert_array_equal(png, mask * 255)
+    np.testing.assert_array_equal(png, mask.T * 255)  # the PNG has the input's rows and columns
 
     seg = hd.seg.segread(_only(tmp_path, "1.*.dcm"))
     source_ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -148,7 +158,7 @@ def test_lung_inference_keeps_dicom_geometry_and_writes_seg(lung_model, data_roo
     frames = seg.get_pixels_by_source_instance(
         source_sop_instance_uids=[source_ds.SOPInstanceUID], segment_numbers=[1], assert_missing_frames_are_empty=True
     )
-    np.testing.assert_array_equal(frames[0, :, :, 0], mask)
+    np.testing.assert_array_equal(frames[0, :, :, 0], mask.T)
 
 
 def test_lung_inference_on_png_keeps_size(lung_model, data_root, tmp_path):
@@ -172,13 +182,17 @@ def ct_model(tmp_path_factory) -> Path:
     return model
 
 
-def test_ct_inference_on_dicom_series_writes_one_segment_per_organ(ct_model, data_root, tmp_path):
+@pytest.mark.parametrize("given_as", ["directory", "files"])
+def test_ct_inference_on_dicom_series_writes_one_segment_per_organ(ct_model, data_root, tmp_path, given_as):
+    """The series as a directory (the PACS node) or as the list of its files (``dicom_datalist``, the bundle's own
+    datalist): the same SEG, whose source instances are found beside the first file."""
     series = data_root / "totalseg-ct" / "example_ct_dicom"
     files = sorted(p for p in series.iterdir() if p.is_file())
-    _infer(CT, ct_model, [{"image": str(series)}], tmp_path)
+    source = str(series) if given_as == "directory" else [str(f) for f in files]
+    _infer(CT, ct_model, [{"image": source}], tmp_path)
 
     nifti = nib.load(_only(tmp_path, "*_seg.nii.gz"))
-    image = LoadMedicalImage(intensity="hu")(str(series))
+    image = _load(series, "hu")
     assert nifti.shape == tuple(image.shape[1:]) == (512, 512, 20)  # inverted to the original grid
     np.testing.assert_allclose(nifti.affine, image.affine.numpy(), atol=1e-4)
 
@@ -218,7 +232,7 @@ def test_ct_train_then_evaluate_on_held_out_dicom_series(ct_model, tmp_path):
 def test_ct_label_map_remapped_to_organ_channels(data_root):
     parser = ConfigWorkflow(config_file=str(CT / "configs" / "train.yaml"), workflow_type="train").parser
     parser["dataset_dir"] = str(data_root / "totalseg-ct")
-    transforms = parser.get_parsed_content("train#deterministic_transforms")[:2]
+    transforms = parser.get_parsed_content("train#deterministic_transforms")[:4]  # loading + MapLabelValued
     d = {"image": str(data_root / "totalseg-ct" / "example_ct_sm.nii.gz"),
          "label": str(data_root / "totalseg-ct" / "example_seg.nii.gz")}
     raw = np.asarray(nib.load(d["label"]).dataobj)
@@ -235,30 +249,28 @@ def test_bundle_dirs_have_docs_and_license():
         assert (bundle / "LICENSE").is_file() and (bundle / "docs" / "README.md").is_file()
 
 
-def test_lung_monailabel_transforms_match_the_bundle_pipeline_transposed(data_root, tmp_path):
-    """MONAI Label reads `pre_transforms`/`post_transforms` and writes 2D masks transposed (MONAI's PILReader layout):
-    on a non-square real image, its lung probability map (after Invertd) must be the regular pipeline's, transposed."""
+def test_lung_bundle_run_returns_a_non_square_mask_in_the_input_orientation(data_root, tmp_path):
+    """``python -m monai.bundle run`` of the lung inference config (random weights: shape and orientation, not
+    quality) on a real image cropped to 256 rows x 200 columns: the mask comes back with the input's rows and
+    columns, in the PNG and (as MONAI's (W, H) axis order) in the NIfTI."""
     item = _lung_items(data_root, "test", 1)[0]
-    crop = tmp_path / "crop.png"
-    Image.open(item["image"]).crop((28, 0, 228, 256)).save(crop)  # 256 rows x 200 columns
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    Image.open(item["image"]).convert("L").crop((28, 0, 228, 256)).save(studies / "crop.png")
     parser = ConfigWorkflow(config_file=str(LUNG / "configs" / "inference.yaml"), workflow_type="infer",
                             bundle_root=str(LUNG)).parser
-    torch.manual_seed(0)  # random weights: an image-dependent, non-constant map is all the layout check needs
-    net = parser.get_parsed_content("network_def").eval()
-    probabilities, masks = {}, {}
-    for pre_key, post_key in (("preprocessing", "postprocessing"), ("pre_transforms", "post_transforms")):
-        d = parser.get_parsed_content(pre_key)({"image": str(crop)})
-        with torch.no_grad():
-            d["pred"] = net(d["image"][None])[0]
-        post = [t for t in parser.get_parsed_content(post_key).transforms if not type(t).__name__.startswith("Save")]
-        for i, t in enumerate(post):
-            d = t(d)
-            if i == 1:  # Activationsd, Invertd: softmax on the input's grid
-                probabilities[pre_key] = np.asarray(d["pred"][1])
-        masks[pre_key] = np.asarray(d["pred"])
-    assert masks["preprocessing"].shape == (1, 256, 200)  # channel first, rows first (the PACS node's input)
-    assert masks["pre_transforms"].shape == (200, 256)  # squeezed, MONAI's 2D layout (MONAI Label transposes it)
-    spread = probabilities["preprocessing"].std()
-    assert spread > 1e-5, "a constant map would not test the layout"
-    np.testing.assert_allclose(probabilities["pre_transforms"].T, probabilities["preprocessing"], atol=spread / 100)
-    np.testing.assert_array_equal(masks["pre_transforms"].T, masks["preprocessing"][0])
+    torch.manual_seed(0)
+    model = tmp_path / "model.pt"
+    torch.save(parser.get_parsed_content("network_def").state_dict(), model)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(LUNG / "configs" / "inference.yaml"),
+           "--meta_file", str(LUNG / "configs" / "metadata.json"), "--bundle_root", str(LUNG),
+           "--dataset_dir", str(studies), "--output_dir", str(out), "--ckpt_path", str(model)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    png = np.asarray(Image.open(_only(out, "crop_seg.png")))
+    assert png.shape == (256, 200)  # rows, columns of the input
+    nifti = np.asarray(nib.load(_only(out, "crop_seg.nii.gz")).dataobj)
+    assert nifti.shape == (200, 256)  # MONAI's (W, H)
+    np.testing.assert_array_equal(png, nifti.T * 255)

@@ -105,15 +105,15 @@ def test_bf16_path_close_to_fp32_and_scriptable():
 
 def test_quantized_skips_from_a_dissect_checkpoint(tmp_path):
     from dissect_monai.networks.dissect import DiSSECTEmbedder
-    from dissect_monai.networks.quantizer import MultiScaleQuantizer
     from dissect_monai.networks.segmentation import QuantizedSkips
 
-    pretrained = DiSSECTEmbedder(spatial_dims=2, depth=10, num_codes=16, code_dims=8)
+    pretrained = DiSSECTEmbedder(ResNetFeaturePyramid(spatial_dims=2, depth=10),
+                                 quantizer_args={"num_codes": 16, "code_dims": 8})
     path = tmp_path / "model.pt"
     torch.save(pretrained.state_dict(), path)
     encoder = ResNetFeaturePyramid(spatial_dims=2, depth=10)
-    quantizer = MultiScaleQuantizer([encoder.out_channels[s] for s in (1, 2, 3)], num_codes=16, code_dims=8)
-    skips = QuantizedSkips(quantizer, stages=(1, 2, 3), checkpoint=str(path))
+    skips = QuantizedSkips.from_checkpoint(str(path))
+    assert skips.stages == [1, 2, 3] and skips.out_channels == (0, 8, 8, 8, 0)
     for k, v in pretrained.quantizer.state_dict().items():
         assert torch.equal(skips.quantizer.state_dict()[k], v), k
     codebook = {k: v.clone() for k, v in skips.quantizer.state_dict().items()}

@@ -27,6 +27,7 @@ import yaml
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from dissect_monai.data import csv_datalist, dataset_datalist
+from dissect_monai.networks import DiSSECTEmbedder
 
 from monai14 import PYTHON as MONAI14_PYTHON
 
@@ -48,6 +49,8 @@ class DistributedCase:
         iterations: training iterations each rank must have run.
         monailabel_train: train with train.yaml as MONAI Label's ``BundleTrainTask`` exports it for torchrun
             (``monailabel_train.json``: a ``CheckpointLoader`` of the bundle's model prepended to ``train#handlers``).
+        dissect_checkpoint: write a (randomly initialised) DiSSECT pretraining ``model.pt`` and pass it as
+            ``pretrained_checkpoint`` (the classifier's quantised descriptor is read from it).
     """
 
     bundle: str
@@ -57,6 +60,7 @@ class DistributedCase:
     val_items_per_rank: tuple[int, int] = (1, 1)
     iterations: int = 2
     monailabel_train: bool = False
+    dissect_checkpoint: bool = False
 
 
 def _classification_case(data_root: Path) -> DistributedCase:
@@ -69,11 +73,11 @@ def _classification_case(data_root: Path) -> DistributedCase:
         log_dir="log_dir",
         # fine-tune: the encoder's batch norms train, so their statistics are per-rank state to check; with the
         # quantised descriptor, whose projection gets no gradient (DDP must be told about unused parameters)
-        overrides={"dataset_dir": str(data_root), "pretrained_checkpoint": None, "mode": "finetune",
-                   "use_descriptor": True,
+        overrides={"dataset_dir": str(data_root), "mode": "finetune", "use_descriptor": True,
                    "image_size": 32, "batch_size": 2, "epochs": 1, "num_threads": 1,
                    "train#datalist": train, "validate#datalist": positives[:3] + negatives[:2]},
         val_items_per_rank=(3, 2),
+        dissect_checkpoint=True,
     )
 
 
@@ -146,6 +150,10 @@ def run_two_ranks(case: DistributedCase, tmp_path: Path, python: Path | str = sy
     to ``tmp_path/rank<r>.pt``.
     """
     configs = BUNDLES / case.bundle / "configs"
+    if case.dissect_checkpoint:
+        torch.manual_seed(0)
+        torch.save(DiSSECTEmbedder().state_dict(), tmp_path / "pretrained.pt")
+        case.overrides["pretrained_checkpoint"] = str(tmp_path / "pretrained.pt")
     per_rank = {key: f"$os.path.join({str(tmp_path)!r}, '{key}_rank' + str(@rank))"
                 for key in (case.ckpt_dir, case.log_dir)}
     state = ("{'network': @network.module.state_dict(), 'metrics': dict(@validate#evaluator.state.metrics), "

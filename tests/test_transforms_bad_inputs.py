@@ -1,5 +1,6 @@
 """Every bad-input case, with real files copied to tmp_path and damaged there: a clear ImageLoadError naming the
-file and the problem (never a decoder traceback)."""
+file and the problem (never a decoder traceback), raised through MONAI's own ``LoadImaged`` unchanged (not hidden
+behind its "cannot find a suitable reader")."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from dissect_monai.transforms import ImageLoadError, LoadMedicalImage
+from monai.transforms import EnsureChannelFirstd, LoadImaged
+
+from dissect_monai.data import ImageLoadError, MedicalImageReader
+from dissect_monai.transforms import MedicalIntensityd
 
 SIIM = "dicom-samples/1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
 
@@ -25,9 +29,21 @@ def truncated_copy(src: Path, dst: Path, fraction: float) -> Path:
     return dst
 
 
+def read(path, series_uid: str | None = None):
+    """``LoadImaged(reader=MedicalImageReader())`` + ``EnsureChannelFirstd``: modality values, as label maps load."""
+    d = {"image": [str(p) for p in path] if isinstance(path, (list, tuple)) else str(path)}
+    d = LoadImaged("image", reader=MedicalImageReader(series_uid=series_uid))(d)
+    return EnsureChannelFirstd("image")(d)["image"]
+
+
+def load(path, mode: str = "unit", series_uid: str | None = None):
+    """:func:`read` then ``MedicalIntensityd`` (the bundles' loading section)."""
+    return MedicalIntensityd("image", mode=mode)({"image": read(path, series_uid)})["image"]
+
+
 def expect_error(path, match: str, **kwargs) -> ImageLoadError:
     with pytest.raises(ImageLoadError, match=match) as info:
-        LoadMedicalImage(**kwargs)(path)
+        load(path, **kwargs)
     shown = path if not isinstance(path, (list, tuple)) else path[0]
     assert str(shown) in str(info.value), "the error must name the file"
     assert isinstance(info.value, ValueError)
@@ -89,14 +105,14 @@ def test_constant_images(data_root, tmp_path):
     flat = tmp_path / "flat.png"
     Image.fromarray(np.full_like(pixels, int(pixels.mean()))).save(flat)
     expect_error(flat, "constant image")
-    mask = LoadMedicalImage(intensity="raw")(flat)  # masks may be constant (an empty mask is valid)
+    mask = read(flat)  # masks may be constant (an empty mask is valid)
     assert float(mask.min()) == float(mask.max())
 
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     ds.PixelData = np.zeros_like(ds.pixel_array).tobytes()
     path = tmp_path / "zeros.dcm"
     ds.save_as(path)
-    expect_error(path, "constant image", intensity="hu")
+    expect_error(path, "constant image", mode="hu")
 
 
 def test_inf_after_rescale(tmp_path):
@@ -132,7 +148,7 @@ def test_series_problems(data_root, tmp_path):
             ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.1"
         ds.save_as(mixed / f"{i}.dcm")
     expect_error(mixed, "2 series mixed")
-    one = LoadMedicalImage(intensity="hu", series_uid="1.2.826.0.1.3680043.8.498.1")(mixed)
+    one = load(mixed, "hu", series_uid="1.2.826.0.1.3680043.8.498.1")
     assert one.shape == (1, 512, 512)
 
     duplicated = tmp_path / "duplicated"
@@ -148,7 +164,7 @@ def test_series_problems(data_root, tmp_path):
     (with_extras / "copy.dcm").unlink()
     shutil.copy(get_testdata_file("DICOMDIR"), with_extras / "DICOMDIR")
     shutil.copy(get_testdata_file("test-SR.dcm"), with_extras / "report.dcm")
-    assert LoadMedicalImage(intensity="hu")(with_extras).shape == (1, 512, 512, 3)
+    assert load(with_extras, "hu").shape == (1, 512, 512, 3)
     only_reports = tmp_path / "only_reports"
     only_reports.mkdir()
     shutil.copy(get_testdata_file("DICOMDIR"), only_reports / "DICOMDIR")

@@ -42,7 +42,7 @@ def bundle_parts(repo_root, data_root):
 
 
 def high_frequency(x: torch.Tensor) -> float:
-    """Mean squared discrete Laplacian of (..., H, W) images (blur lowers it strongly)."""
+    """Mean squared discrete Laplacian of (..., W, H) images (blur lowers it strongly)."""
     lap = 4 * x[..., 1:-1, 1:-1] - x[..., :-2, 1:-1] - x[..., 2:, 1:-1] - x[..., 1:-1, :-2] - x[..., 1:-1, 2:]
     return float((lap**2).mean())
 
@@ -86,7 +86,8 @@ def test_identity_settings_reproduce_the_image_and_flip_flips(bundle_parts):
     torch.testing.assert_close(same["image"], images, atol=1e-5, rtol=0)
     torch.testing.assert_close(same["image_2"], images, atol=1e-5, rtol=0)
     flipped = RandTwoViewsd("image", (64, 64), **{**IDENTITY, "flip_prob": 1.0})({"image": images})
-    torch.testing.assert_close(flipped["image"], torch.flip(images, dims=[3]), atol=1e-5, rtol=0)
+    # (B, C, W, H): the default flip is left-right, along the width axis
+    torch.testing.assert_close(flipped["image"], torch.flip(images, dims=[2]), atol=1e-5, rtol=0)
 
 
 def test_blur_and_noise_asymmetry_between_views(bundle_parts):
@@ -110,7 +111,7 @@ def test_drawn_parameters_follow_the_documented_ranges():
         side = torch.linalg.matrix_norm(p.matrix, ord=2)  # rotation and flips keep the crop's largest side
         assert 0.4 - 1e-5 <= float(side.min()) and float(side.max()) <= 1.0 + 1e-5
         assert float(p.offset.abs().max()) <= 0.6
-        flipped = (p.matrix[:, :, 1].sum(dim=1) < 0).float().mean()  # the width axis' column points backwards
+        flipped = (p.matrix[:, :, 0].sum(dim=1) < 0).float().mean()  # the width axis' (0) column points backwards
         assert abs(float(flipped) - 0.5) < 0.05
         assert 0.7 <= float(p.gamma.min()) and float(p.gamma.max()) <= 1.5
         assert abs(float(p.gamma_on.float().mean()) - 0.8) < 0.03

@@ -81,12 +81,12 @@ def test_patch_feature_map_grid_choice():
     assert patch_feature_map(resnet, images).shape == (2, 128, 8, 8)  # C3 at 1/8
     vit = EncoderEmbedder(ViTEncoder(img_size=64, hidden_size=32, mlp_dim=64, num_layers=2, num_heads=4)).eval()
     assert patch_feature_map(vit, images).shape == (2, 32, 8, 8)
-    assert grid_anchor((8, 8)) == (3, 2)
+    assert grid_anchor((8, 8)) == (2, 3)  # (column, row): MONAI axis order
 
 
 def test_code_maps_and_typical_patches_of_dissect_vit():
     pyramid = ViTTokenPyramid(_small_vit(False), depths=(1, 2))
-    embedder = DiSSECTEmbedder(scales=(0, 1), num_codes=8, code_dims=8, encoder=pyramid).eval()
+    embedder = DiSSECTEmbedder(pyramid, scales=(0, 1), quantizer_args={"num_codes": 8, "code_dims": 8}).eval()
     images = torch.rand(3, 1, 32, 32)
     codes = code_index_maps(embedder, images)
     assert list(codes) == ["block1", "block2"] and codes["block1"].shape == (3, 4, 4)
@@ -97,7 +97,7 @@ def test_code_maps_and_typical_patches_of_dissect_vit():
         assert entry["patches"].shape[1:] == (12, 12)
         assert np.all(np.diff(entry["similarity"]) <= 1e-6)  # most typical first
     with pytest.raises(ValueError, match="no quantizer"):
-        code_index_maps(DiSSECTEmbedder(use_quantizer=False, depth=10), images)
+        code_index_maps(DiSSECTEmbedder(ResNetFeaturePyramid(depth=10), use_quantizer=False), images)
 
 
 def test_palette_and_panel_files(tmp_path):
@@ -114,13 +114,17 @@ def test_palette_and_panel_files(tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_maps_report_on_real_images(data_root, tmp_path):
+def test_maps_report_on_real_images(repo_root, data_root, tmp_path):
     torch.set_num_threads(1)
     checkpoint = tmp_path / "model.pt"
-    torch.save(build_method_embedder("dissect_vit", 64).state_dict(), checkpoint)
+    embedder = build_method_embedder("dissect_vit", 64, repo_root / "configs" / "methods",
+                                     repo_root / "bundles" / "dissect_cxr_pretrain")
+    torch.save(embedder.state_dict(), checkpoint)
     out = tmp_path / "maps"
     run = {"name": "untrained", "method": "dissect_vit", "image_size": 64, "checkpoint": str(checkpoint)}
-    record = write_encoder_maps([run], data_root, out, images=2, source="the `--run` arguments")
+    record = write_encoder_maps([run], data_root, out, images=2, source="the `--run` arguments",
+                                methods_dir=repo_root / "configs" / "methods",
+                                pretrain_bundle=repo_root / "bundles" / "dissect_cxr_pretrain")
     names = {p.name for p in out.glob("*.png")}
     assert {"untrained.png", "untrained_codes.png", "untrained_typical_block6.png", "compare_similarity_64.png",
             "compare_pca_64.png", "compare_attention_64.png"} <= names

@@ -15,12 +15,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
-from dissect_monai.transforms.dicom_reader import is_dicom_file, read_dicom_header
-from dissect_monai.transforms.errors import ImageLoadError
-from dissect_monai.transforms.file_readers import NIFTI_SUFFIXES, RASTER_SUFFIXES
+from dissect_monai.data.dicom_reader import is_dicom_file, read_dicom_header
+from dissect_monai.data.errors import ImageLoadError
+from dissect_monai.data.file_readers import NIFTI_SUFFIXES, RASTER_SUFFIXES
 
 __all__ = [
     "DATASETS",
+    "DATA_DIR_VARIABLE",
     "default_data_root",
     "csv_datalist",
     "dataset_datalist",
@@ -38,12 +39,24 @@ DATASETS: dict[str, dict] = {
 VOLUME_MODALITIES = ("CT", "MR", "PT", "NM")
 
 
+DATA_DIR_VARIABLE = "DISSECT_DATA_DIR"
+
+
 def default_data_root() -> Path:
-    """``$DISSECT_DATA_DIR`` if set, else ``../shared/data`` beside the repository (the project layout)."""
-    env = os.environ.get("DISSECT_DATA_DIR")
-    if env:
-        return Path(env).resolve()
-    return (Path(__file__).resolve().parents[2].parent / "shared" / "data").resolve()
+    """The folder holding the datasets: ``$DISSECT_DATA_DIR``, else ``../shared/data`` relative to the current
+    directory (the project's layout, run from the repository root). The one source of the data root for the
+    package, the scripts and the bundles' ``dataset_dir`` defaults.
+
+    Raises:
+        FileNotFoundError: neither exists; the message names the variable to set.
+    """
+    env = os.environ.get(DATA_DIR_VARIABLE)
+    root = Path(env) if env else Path("..", "shared", "data")
+    if not root.is_dir():
+        origin = f"${DATA_DIR_VARIABLE}" if env else f"${DATA_DIR_VARIABLE} is not set and the fallback"
+        raise FileNotFoundError(f"data root not found: {origin} {root} is not a directory; set {DATA_DIR_VARIABLE} "
+                                "to the folder holding the datasets (or pass dataset_dir / --dataset_dir)")
+    return root.resolve()
 
 
 def _parse_column(values: list[str]) -> list:
@@ -209,7 +222,8 @@ def dicom_datalist(root: str | os.PathLike, recursive: bool = True, salt: str = 
     """Datalist from a folder of DICOM files, grouped into studies and series by UID.
 
     A series of a volumetric modality (CT, MR, PT, NM) whose instances all carry a position becomes one
-    item whose ``"image"`` is the list of its files (load it with ``LoadMedicalImaged``); other instances
+    item whose ``"image"`` is the list of its files (load it with
+    ``LoadImaged(reader=MedicalImageReader())``); other instances
     (CR, DX, MG, single slices, multi-frame objects) are one item each. Non-DICOM files and non-image objects
     (SR, KO, PR: no ``Rows``) are ignored; unreadable or empty DICOM files are skipped with one warning naming
     them. Paths are never built from tag values.

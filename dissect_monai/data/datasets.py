@@ -1,6 +1,6 @@
 """MONAI datasets that skip, count and report unreadable images instead of stopping an epoch.
 
-An item is *unreadable* when its transforms raise :class:`dissect_monai.transforms.ImageLoadError` (missing,
+An item is *unreadable* when its transforms raise :class:`dissect_monai.data.ImageLoadError` (missing,
 truncated or corrupt file, no pixel data, unsupported photometric interpretation, constant image, NaN/Inf).
 By default (``on_error="skip"``) such an item is reported once with a warning naming the file and the problem,
 recorded in ``bad_items`` and replaced by the next readable item; ``on_error="raise"`` fails fast with the
@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 
-from dissect_monai.transforms.errors import ImageLoadError
+from dissect_monai.data.errors import ImageLoadError
 
 __all__ = ["ON_ERROR", "find_image_load_error", "RobustDataset", "RobustCacheDataset", "RobustPersistentDataset"]
 

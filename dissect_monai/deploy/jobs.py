@@ -180,7 +180,7 @@ def failure_reason(err: BaseException, headers: Sequence[Dataset] = ()) -> str:
 
     MONAI wraps a failing transform as ``RuntimeError: applying transform <... object at 0x...>``; the cause is
     the innermost exception of the ``__cause__`` / ``__context__`` chain that names a file (e.g. an
-    :class:`~dissect_monai.transforms.errors.ImageLoadError`: file and problem), else the innermost one. Every
+    :class:`~dissect_monai.data.ImageLoadError`: file and problem), else the innermost one. Every
     top-level text attribute value of ``headers`` (patient
     name, ID, birth date, ...) is replaced by ``<redacted>``.
     """

@@ -79,12 +79,12 @@ def label_map_to_frames(
     """Resample a predicted label map onto the pixel grids of the source instances (nearest neighbour).
 
     Args:
-        label_map: integer labels, spatial shape ``(H, W)`` for a projection radiograph or ``(X, Y, Z)`` for a
-            volume, optionally with a leading channel of size 1 (MONAI ``(1, H, W)`` / ``(1, X, Y, Z)``).
+        label_map: integer labels in MONAI's axis order, spatial shape ``(W, H)`` (Columns, Rows) for a projection
+            radiograph or ``(X, Y, Z)`` for a volume, optionally with a leading channel of size 1.
         source_images: the instances the prediction was made from; one output frame per instance, same order.
         affine: 4x4 voxel-index -> patient-coordinate matrix of ``label_map`` (a MetaTensor's ``affine``).
             Required for sources with plane geometry (CT/MR); ignored for a single CR/DX image, whose label map
-            must already be ``(Rows, Columns)``.
+            must be ``(Columns, Rows)``.
         space: coordinate system of ``affine``, ``"RAS"`` (MONAI's default) or ``"LPS"``.
 
     Returns:
@@ -106,10 +106,10 @@ def label_map_to_frames(
                 "sources without ImagePositionPatient/ImageOrientationPatient/PixelSpacing must be a single image "
                 f"with a 2-D label map; got {len(source_images)} images and label map shape {labels.shape}"
             )
-        expected = (int(source_images[0].Rows), int(source_images[0].Columns))
+        expected = (int(source_images[0].Columns), int(source_images[0].Rows))
         if labels.shape != expected:
-            raise ValueError(f"label map shape {labels.shape} does not match the image (Rows, Columns) {expected}")
-        return labels[None]
+            raise ValueError(f"label map shape {labels.shape} does not match the image (Columns, Rows) {expected}")
+        return np.ascontiguousarray(labels.T)[None]
     if affine is None:
         raise ValueError("an affine is needed to map a label map onto CT/MR instances")
     if space.upper() not in ("RAS", "LPS"):

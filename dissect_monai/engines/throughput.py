@@ -25,7 +25,7 @@ from PIL import Image
 
 from dissect_monai.data import dataset_datalist
 from dissect_monai.engines.ssl_iteration import SSLIteration
-from dissect_monai.networks import DiSSECT, EMACodebook
+from dissect_monai.networks import DiSSECT, DiSSECTEmbedder, EMACodebook, ResNetFeaturePyramid
 from dissect_monai.utils.gemm_conv import GemmConv2d, conv_gemm
 from dissect_monai.utils.precision import cpu_has_amx, cpu_supports_bf16, prepare_module, resolve_precision
 
@@ -127,7 +127,8 @@ def ssl_step(
     """
     torch.manual_seed(0)
     policy = resolve_precision(precision, "cpu")
-    model = DiSSECT(depth=18, use_quantizer=(method == "dissect"), hidden_dim=hidden, projection_dim=projection)
+    embedder = DiSSECTEmbedder(ResNetFeaturePyramid(depth=18), use_quantizer=(method == "dissect"))
+    model = DiSSECT(embedder, hidden_dim=hidden, projection_dim=projection)
     model = prepare_module(model, "cpu", policy, gemm_conv=gemm_conv)
     engine = SimpleNamespace(
         network=model, optimizer=torch.optim.SGD(model.online_parameters(), lr=lr, momentum=0.9),

@@ -18,9 +18,11 @@ from monai.transforms import Compose, Resized
 
 from dissect_monai.data import dataset_datalist, sample_label_fraction
 from dissect_monai.engines.checkpoint import atomic_write
-from dissect_monai.transforms import LoadMedicalImaged
+from dissect_monai.transforms import load_image_transforms
 
 __all__ = ["BENCHMARKS", "BenchmarkData", "BenchmarkSpec", "load_benchmark"]
+
+_LOADING = "load_image_transforms, (1, W, H)"  # part of the cache fingerprint: caches of other loading are redone
 
 
 @dataclass(frozen=True)
@@ -72,19 +74,21 @@ class BenchmarkData:
 def load_benchmark(
     spec: BenchmarkSpec, image_size: int, cache_dir: str | os.PathLike, data_root: str | os.PathLike
 ) -> BenchmarkData:
-    """Decode a benchmark with the bundles' loading (``LoadMedicalImaged``, intensity in [0, 1], area resize to
-    ``image_size``), cached as ``<cache_dir>/<name>_<size>.npz`` (written atomically); the cache is used only for
-    the same datalist (image files, labels and splits), so another data root or an edited CSV is decoded again."""
+    """Decode a benchmark with the bundles' loading (:func:`dissect_monai.transforms.load_image_transforms`:
+    ``LoadImaged(reader=MedicalImageReader())``, intensity in [0, 1], MONAI's ``(1, W, H)`` axis order; area resize
+    to ``image_size``), cached as ``<cache_dir>/<name>_<size>.npz`` (written atomically); the cache is used only for
+    the same loading and datalist (image files, labels and splits), so another data root, an edited CSV or a cache
+    written in the former ``(1, H, W)`` order is decoded again."""
     items = [it for split in ("train", "val") for it in dataset_datalist(spec.dataset, split, data_root)]
     items += dataset_datalist(spec.dataset, "test", data_root, drop_duplicates=False)
-    listing = "\n".join(f"{it['image']},{it[spec.label_key]},{it['split']},{it['patient_id']}" for it in items)
+    listing = f"{_LOADING}\n" + "\n".join(f"{it['image']},{it[spec.label_key]},{it['split']},{it['patient_id']}" for it in items)
     fingerprint = hashlib.sha1(listing.encode("utf-8")).hexdigest()[:16]
     cache = Path(cache_dir) / f"{spec.name}_{image_size}.npz"
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
             if str(z["fingerprint"]) == fingerprint:
                 return BenchmarkData(**{f.name: z[f.name] for f in fields(BenchmarkData)})
-    load = Compose([LoadMedicalImaged(keys="image"),
+    load = Compose([*load_image_transforms("image"),
                     Resized(keys="image", spatial_size=(image_size, image_size), mode="area")])
     data = BenchmarkData(
         images=np.stack([np.asarray(load({"image": it["image"]})["image"], dtype=np.float16) for it in items]),

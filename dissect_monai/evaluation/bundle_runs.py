@@ -103,19 +103,25 @@ def train_for_steps(workflow: ConfigWorkflow, budget: StepBudget) -> TrainedRun:
     return TrainedRun(datalist, epochs, epochs * per_epoch, time.time() - start, best)
 
 
-def method_encoder_config(method: str, image_size: int, checkpoint: str | None, depth: int | None = None) -> dict:
+def method_encoder_config(
+    method: str, image_size: int, checkpoint: str | None, methods_dir: str | os.PathLike,
+    pretrain_bundle: str | os.PathLike, depth: int | None = None,
+) -> dict:
     """Bundle config (for ``network_def#encoder``) of ``method``'s encoder as a feature pyramid, optionally loaded
-    from a pretraining ``checkpoint`` (:func:`dissect_monai.networks.presets.method_encoder`)."""
+    from a pretraining ``checkpoint`` (:func:`dissect_monai.networks.presets.method_encoder`); the preset is
+    ``<methods_dir>/<method>.yaml`` merged on the ``pretrain_bundle``'s ``train.yaml``."""
     config: dict[str, Any] = {"_target_": "dissect_monai.networks.presets.method_encoder", "method": method,
-                              "image_size": image_size, "checkpoint": checkpoint}
+                              "image_size": image_size, "methods_dir": str(methods_dir),
+                              "bundle_root": str(pretrain_bundle), "checkpoint": checkpoint}
     if depth is not None:
         config["overrides"] = {"depth": depth}
     return config
 
 
-def method_assignments(items: Sequence[str]) -> dict[str, str]:
+def method_assignments(items: Sequence[str], methods_dir: str | os.PathLike) -> dict[str, str]:
     """``["NAME=METHOD", ...]`` (the scripts' ``--method``) as ``{name: method}``, every method a preset of
-    ``configs/methods`` (:func:`dissect_monai.networks.presets.method_names`, the one method list).
+    ``methods_dir`` (the repository's ``configs/methods``; :func:`dissect_monai.networks.presets.method_names`, the
+    one method list).
 
     Raises:
         ValueError: an item without ``=``, or an unknown preset (the message lists the known ones).
@@ -123,7 +129,8 @@ def method_assignments(items: Sequence[str]) -> dict[str, str]:
     if any("=" not in item for item in items):
         raise ValueError(f"method assignments must be NAME=METHOD, got {list(items)}")
     methods = dict(item.split("=", 1) for item in items)
-    unknown = sorted(set(methods.values()) - set(method_names()))
+    known = method_names(methods_dir)
+    unknown = sorted(set(methods.values()) - set(known))
     if unknown:
-        raise ValueError(f"unknown method preset(s) {unknown}; choose from {method_names()}")
+        raise ValueError(f"unknown method preset(s) {unknown}; choose from {known}")
     return methods

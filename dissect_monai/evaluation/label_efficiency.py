@@ -48,7 +48,8 @@ from dissect_monai.evaluation.results import (
     fraction_key,
     read_json,
 )
-from dissect_monai.networks.classification import EncoderClassifier, QuantisedDescriptor
+from dissect_monai.networks.classification import EncoderClassifier
+from dissect_monai.networks.dissect import QuantisedDescriptor
 from dissect_monai.networks.presets import build_method_embedder
 from dissect_monai.utils import prepare_module
 
@@ -78,6 +79,9 @@ class ProtocolSettings:
     """The fixed protocol (DESIGN.md): what every row is evaluated with.
 
     Attributes:
+        methods_dir: the method presets (the repository's ``configs/methods``).
+        pretrain_bundle: the pretraining bundle whose ``train.yaml`` the presets extend
+            (``bundles/dissect_cxr_pretrain``).
         image_size: input side the encoders were pretrained at.
         depth: ResNet depth of the ResNet methods' encoders.
         probe_fractions / probe_seeds: label fractions and label samples of the frozen probes.
@@ -87,6 +91,8 @@ class ProtocolSettings:
         precision / threads: the bundle's ``precision`` and ``num_threads``; the probes' feature extraction.
     """
 
+    methods_dir: str
+    pretrain_bundle: str
     image_size: int = 64
     depth: int = 18
     probe_fractions: tuple[float, ...] = LABEL_FRACTIONS
@@ -156,7 +162,8 @@ def _frozen_model(row: EvaluationRow, settings: ProtocolSettings) -> Callable[[t
     mean token), or an :class:`EncoderClassifier`'s ``[pooled feature, quantised descriptor]``."""
     torch.manual_seed(0)
     overrides = {"depth": settings.depth}
-    embedder = build_method_embedder(row.method, settings.image_size, row.checkpoint, overrides)
+    embedder = build_method_embedder(row.method, settings.image_size, settings.methods_dir, settings.pretrain_bundle,
+                                     row.checkpoint, overrides)
     if not row.descriptor:
         return prepare_module(embedder, "cpu", settings.precision).eval()
     if getattr(embedder, "quantizer", None) is None:
@@ -242,9 +249,11 @@ def finetune_cell(
     }
     encoder: dict[str, Any] = {}
     if row.checkpoint:  # the test workflow loads the trained network over the same architecture, no checkpoint
-        common["network_def#encoder"] = method_encoder_config(row.method, settings.image_size, None, settings.depth)
+        presets = (settings.methods_dir, settings.pretrain_bundle)
+        common["network_def#encoder"] = method_encoder_config(row.method, settings.image_size, None, *presets,
+                                                              settings.depth)
         encoder["network_def#encoder"] = method_encoder_config(row.method, settings.image_size, row.checkpoint,
-                                                               settings.depth)
+                                                               *presets, settings.depth)
     train = bundle_workflow(bundle, configs, label_fraction=fraction, fraction_seed=seed,
                             learning_rate=settings.learning_rate,
                             encoder_lr=settings.encoder_lr if row.checkpoint else settings.learning_rate,

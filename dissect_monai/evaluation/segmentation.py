@@ -83,7 +83,8 @@ def discard_stale_run(run_dir: str | os.PathLike, row: LungRow) -> bool:
 
 def train_and_test_lung(
     bundle: str | os.PathLike, run_dir: str | os.PathLike, row: LungRow, fraction: float, seed: int,
-    budget: StepBudget, image_size: int, overrides: dict[str, Any] | None = None,
+    budget: StepBudget, image_size: int, overrides: dict[str, Any] | None = None, *,
+    methods_dir: str | os.PathLike, pretrain_bundle: str | os.PathLike,
 ) -> dict[str, Any]:
     """One 2D run of the lung bundle: train on ``fraction`` of train (by patient, seeded) for ``budget``, test on
     the test split (Dice and HD95 per image on the original grid); reuses a finished ``result.json``, and starts a
@@ -91,6 +92,8 @@ def train_and_test_lung(
 
     Args:
         overrides: further bundle overrides by config id (e.g. ``num_threads``).
+        methods_dir / pretrain_bundle: the method presets and the pretraining bundle they extend (the row's
+            method encoder, :func:`~dissect_monai.evaluation.bundle_runs.method_encoder_config`).
     """
     run_dir = Path(run_dir)
     result_file = run_dir / "result.json"
@@ -100,8 +103,10 @@ def train_and_test_lung(
     common: dict[str, Any] = {"ckpt_dir": str(run_dir / "models"), "output_dir": str(run_dir / "eval"), "seed": seed,
                               "image_size": image_size, "batch_size": budget.batch_size, **(overrides or {})}
     if row.method:  # the test workflow loads the trained U-Net over this architecture, so it needs no checkpoint
-        common["network_def#encoder"] = method_encoder_config(row.method, image_size, None)
-    encoder = ({"network_def#encoder": method_encoder_config(row.method, image_size, row.checkpoint)} if row.method
+        common["network_def#encoder"] = method_encoder_config(row.method, image_size, None, methods_dir,
+                                                              pretrain_bundle)
+    encoder = ({"network_def#encoder": method_encoder_config(row.method, image_size, row.checkpoint, methods_dir,
+                                                             pretrain_bundle)} if row.method
                else {"encoder_checkpoint": row.checkpoint})
     trained = train_for_steps(bundle_workflow(bundle, ["train.yaml"], label_fraction=fraction,
                                               freeze_encoder=row.freeze, **{**common, **encoder}), budget)

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dissect_monai.utils.distributed import all_reduce_sum
+
 __all__ = ["DINOLoss"]
 
 
@@ -17,7 +19,8 @@ class DINOLoss(nn.Module):
     For every teacher (global) view ``t`` and every student view ``s`` with ``s != t``, the term is
     ``-sum_k softmax((teacher_t - center) / T_t)_k * log_softmax(student_s / T_s)_k`` averaged over the
     batch; the loss is the mean over those pairs. The centre is an EMA (``center_momentum``) of the
-    teacher logits' batch mean, updated by :meth:`update_center` after each step. The teacher
+    teacher logits' batch mean, updated by :meth:`update_center` after each step; under ``torch.distributed`` the
+    mean is over the teacher logits of every rank (all-reduced), so all ranks keep the same centre. The teacher
     temperature rises linearly from ``warmup_teacher_temp`` to ``teacher_temp`` over the first
     ``warmup_fraction`` of training (``progress`` in [0, 1]). All arithmetic is fp32.
 
@@ -90,6 +93,9 @@ class DINOLoss(nn.Module):
 
     @torch.no_grad()
     def update_center(self, teacher_logits: Sequence[torch.Tensor]) -> None:
-        """EMA update of the centre with the batch mean of the teacher logits (``(B, K)`` each)."""
-        batch_center = torch.cat([t.detach().float() for t in teacher_logits]).mean(dim=0, keepdim=True)
+        """EMA update of the centre with the batch mean of the teacher logits (``(B, K)`` each), over all ranks."""
+        logits = torch.cat([t.detach().float() for t in teacher_logits])
+        total = all_reduce_sum(logits.sum(dim=0, keepdim=True))
+        count = all_reduce_sum(torch.tensor(float(logits.shape[0]), device=logits.device))
+        batch_center = total / count
         self.center.mul_(self.center_momentum).add_(batch_center, alpha=1.0 - self.center_momentum)

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dissect_monai.utils.distributed import gather_with_grad
+
 __all__ = ["VICRegLoss"]
 
 
@@ -22,7 +24,10 @@ class VICRegLoss(nn.Module):
     where ``variance`` is the mean hinge ``relu(gamma - sqrt(var + eps))`` over the dimensions of each
     branch (averaged over the two branches) and ``covariance`` is the sum of squared off-diagonal
     covariances divided by the dimension, summed over the two branches (as in the paper's pseudo-code).
-    Computed in fp32 whatever the input dtype (bf16 autocast included).
+    Computed in fp32 whatever the input dtype (bf16 autocast included). Under ``torch.distributed`` all three terms
+    are computed on the embeddings of every rank (gathered with gradient, as the official code's
+    ``FullGatherLayer``), so ``W`` ranks of ``B`` give the loss and, after DDP's gradient averaging, the gradients
+    of one batch of ``W * B``.
 
     Args:
         invariance_weight: lambda of the paper (25).
@@ -50,7 +55,7 @@ class VICRegLoss(nn.Module):
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> dict[str, torch.Tensor]:
         """
         Args:
-            z1: embeddings of the first view, ``(B, D)`` with ``B >= 2``.
+            z1: embeddings of the first view, ``(B, D)`` with ``B >= 2`` (over all ranks).
             z2: embeddings of the second view, ``(B, D)``.
 
         Returns:
@@ -59,9 +64,9 @@ class VICRegLoss(nn.Module):
         if z1.ndim != 2 or z1.shape != z2.shape:
             raise ValueError(f"VICRegLoss expects two (B, D) tensors of the same shape, got {tuple(z1.shape)} "
                              f"and {tuple(z2.shape)}")
+        z1, z2 = gather_with_grad(z1.float()), gather_with_grad(z2.float())
         if z1.shape[0] < 2:
             raise ValueError(f"VICRegLoss needs a batch of at least 2 to estimate variances, got {z1.shape[0]}")
-        z1, z2 = z1.float(), z2.float()
         batch, dim = z1.shape
         invariance = F.mse_loss(z1, z2)
         z1 = z1 - z1.mean(dim=0)

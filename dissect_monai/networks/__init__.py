@@ -1,14 +1,16 @@
-"""Networks: feature-pyramid encoders, the multi-scale quantizer, SSL heads and the DiSSECT model."""
+"""Networks: feature-pyramid encoders, the multi-scale quantizer, SSL heads and utilities, the DiSSECT model."""
 
-from .dissect import FUSIONS, STAGE_NAMES, DiscreteDescriptor, DiSSECT, DiSSECTEmbedder, cosine_momentum
+from .dissect import STAGE_NAMES, DiSSECT, DiSSECTEmbedder, QuantisedDescriptor, load_pretrained_quantizer
 from .encoders import RESNET_LAYERS, PretrainedWeightsError, ResNetFeaturePyramid, load_pretrained_encoder
-from .heads import MLPHead
+from .heads import FUSIONS, DINOHead, DiscreteDescriptor, MLPHead
 from .quantizer import EMACodebook, MultiScaleQuantizer
+from .ssl_utils import cosine_momentum, ema_update, global_pool, pooled_codes
 
 __all__ = [
     "FUSIONS",
     "RESNET_LAYERS",
     "STAGE_NAMES",
+    "DINOHead",
     "DiSSECT",
     "DiSSECTEmbedder",
     "DiscreteDescriptor",
@@ -16,7 +18,12 @@ __all__ = [
     "MLPHead",
     "MultiScaleQuantizer",
     "PretrainedWeightsError",
+    "QuantisedDescriptor",
     "ResNetFeaturePyramid",
     "cosine_momentum",
+    "ema_update",
+    "global_pool",
     "load_pretrained_encoder",
+    "load_pretrained_quantizer",
+    "pooled_codes",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Optional
 
 import torch
@@ -10,61 +9,19 @@ from monai.data import MetaTensor
 from torch import nn
 
 from dissect_monai.networks.encoders import load_pretrained_encoder
-from dissect_monai.networks.quantizer import MultiScaleQuantizer
+from dissect_monai.networks.ssl_utils import global_pool
 from dissect_monai.utils.precision import resolve_precision
 
-__all__ = ["EncoderClassifier", "QuantisedDescriptor"]
-
-
-class QuantisedDescriptor(nn.Module):
-    """DiSSECT's quantised multi-scale descriptor: pooled nearest-code maps of chosen encoder stages.
-
-    For each scale ``s`` in ``scales`` the stage map ``maps[s]`` goes through the quantizer's 1x1
-    projection, every position takes its nearest code (cosine, fp32, no codebook update), and the code
-    vectors are averaged over positions; the per-scale vectors are concatenated. This is the
-    ``fusion="none"`` discrete descriptor of :class:`dissect_monai.networks.dissect.DiscreteDescriptor`.
-
-    Args:
-        quantizer: a :class:`MultiScaleQuantizer` (its weights normally come from the pretraining checkpoint,
-            ``quantizer.`` keys of the pretraining bundle's ``models/model.pt``).
-        scales: indices of the encoder maps it quantises, in the quantizer's order (DiSSECT default C2..C4 = 1, 2, 3).
-
-    Attributes:
-        out_dim: ``sum(quantizer.code_dims)``.
-    """
-
-    def __init__(self, quantizer: MultiScaleQuantizer, scales: Sequence[int] = (1, 2, 3)) -> None:
-        super().__init__()
-        if len(scales) != len(quantizer.code_dims):
-            raise ValueError(f"{len(scales)} scales given for a quantizer of {len(quantizer.code_dims)} scales.")
-        self.quantizer = quantizer
-        self.scales: list[int] = [int(s) for s in scales]
-        self.out_dim: int = int(sum(quantizer.code_dims))
-
-    @property
-    def architecture(self) -> str:
-        """Short description used in error messages."""
-        q = self.quantizer
-        return f"MultiScaleQuantizer(scales {self.scales}, codes {q.num_codes}, dims {q.code_dims})"
-
-    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        """Stage maps (as returned by the encoder) -> ``(B, out_dim)`` fp32 descriptor."""
-        indices = self.quantizer.code_indices([maps[s] for s in self.scales])
-        pooled: list[torch.Tensor] = []
-        i = 0
-        for codebook in self.quantizer.codebooks:
-            codes = codebook.lookup(indices[i])  # (B, *S, D)
-            pooled.append(codes.flatten(1, -2).mean(dim=1))
-            i += 1
-        return torch.cat(pooled, dim=1)
+__all__ = ["EncoderClassifier"]
 
 
 class EncoderClassifier(nn.Module):
     """Image -> class logits from the pooled deepest encoder map, optionally with a multi-scale descriptor.
 
     The feature of an image is the global average pool of the encoder's deepest map (``feature_dim``
-    values), concatenated with ``descriptor(maps)`` when a descriptor is given (e.g. DiSSECT's quantised
-    multi-scale descriptor, a module taking the list of stage maps and returning ``(B, descriptor.out_dim)``).
+    values), concatenated with ``descriptor(maps)`` when a descriptor is given (a module taking the list of
+    stage maps and returning ``(B, descriptor.out_dim)``, e.g. DiSSECT's
+    :class:`~dissect_monai.networks.dissect.QuantisedDescriptor`).
     A dropout and one linear layer map the feature to ``num_classes`` logits (sigmoid per class outside).
 
     With ``freeze_encoder=True`` (linear probe) the encoder and descriptor get no gradients and stay in
@@ -105,7 +62,6 @@ class EncoderClassifier(nn.Module):
         self.freeze_encoder = freeze_encoder
         self.num_classes = num_classes
         self.feature_dim: int = int(encoder.feature_dim) + (int(descriptor.out_dim) if descriptor is not None else 0)
-        self.pool = nn.AdaptiveAvgPool2d(1) if _spatial_dims(encoder) == 2 else nn.AdaptiveAvgPool3d(1)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.feature_dim, num_classes)
         if freeze_encoder:
@@ -126,7 +82,10 @@ class EncoderClassifier(nn.Module):
         return self
 
     def load_pretrained(self, checkpoint: str) -> "EncoderClassifier":
-        """Load the encoder (and the descriptor's quantizer) from a pretraining checkpoint; returns ``self``.
+        """Load the encoder from a pretraining checkpoint; returns ``self``.
+
+        A :class:`~dissect_monai.networks.dissect.QuantisedDescriptor` brings its pretrained quantizer already
+        (:meth:`~dissect_monai.networks.dissect.QuantisedDescriptor.from_checkpoint`).
 
         ``checkpoint``: the pretraining bundle's ``models/model.pt`` or a pretraining training checkpoint.
 
@@ -137,8 +96,6 @@ class EncoderClassifier(nn.Module):
         """
         try:
             load_pretrained_encoder(checkpoint, self.encoder)
-            if self.descriptor is not None:
-                load_pretrained_encoder(checkpoint, self.descriptor.quantizer)
         except FileNotFoundError as exc:
             raise FileNotFoundError(
                 f"pretrained checkpoint not found: {checkpoint} (train the dissect_cxr_pretrain bundle to create its "
@@ -164,7 +121,7 @@ class EncoderClassifier(nn.Module):
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         maps = self.encoder(x)
-        feat = torch.flatten(self.pool(maps[-1]), 1)
+        feat = global_pool(maps[-1])
         if self.descriptor is not None:
             feat = torch.cat([feat.float(), self.descriptor(maps).float()], dim=1)
         return feat.float()
@@ -184,8 +141,3 @@ class EncoderClassifier(nn.Module):
         if backbone:
             groups.append({"params": backbone, "lr": encoder_lr})
         return groups
-
-
-def _spatial_dims(encoder: nn.Module) -> int:
-    """2 or 3: from the encoder's ``spatial_dims`` attribute, else 2."""
-    return int(getattr(encoder, "spatial_dims", 2))

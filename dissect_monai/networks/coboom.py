@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from dissect_monai.losses.byol import BYOLLoss
-from dissect_monai.networks.dissect import DiscreteDescriptor, cosine_momentum
-from dissect_monai.networks.embedder import EncoderEmbedder, global_pool
+from dissect_monai.networks.embedder import EncoderEmbedder
 from dissect_monai.networks.encoders import ResNetFeaturePyramid
-from dissect_monai.networks.heads import MLPHead
+from dissect_monai.networks.heads import DiscreteDescriptor, MLPHead
 from dissect_monai.networks.quantizer import MultiScaleQuantizer
+from dissect_monai.networks.ssl_utils import cosine_momentum, ema_update, global_pool
 
 __all__ = ["CoBooM"]
 
@@ -100,9 +100,7 @@ class CoBooM(nn.Module):
             names=("target",),
         )
         self.diversifuse = DiscreteDescriptor((code_dim,), feature_dim, "cross_attention", fusion_dim, fusion_heads)
-        self.fuse_mlp = nn.Sequential(
-            nn.Linear(fusion_dim, fuse_hidden), nn.ReLU(inplace=True), nn.Linear(fuse_hidden, projection_dim)
-        )
+        self.fuse_mlp = MLPHead(fusion_dim, fuse_hidden, projection_dim, batch_norm=False)
         self.byol_loss = BYOLLoss()
         self.byol_weight = byol_weight
         self.base_momentum = base_momentum
@@ -154,9 +152,7 @@ class CoBooM(nn.Module):
     def update_target(self, progress: float) -> float:
         """EMA of encoder and projector into their target copies (cosine momentum at ``progress``); returns it."""
         m = cosine_momentum(progress, self.base_momentum, self.final_momentum)
-        for online, target in ((self.encoder, self.target_encoder), (self.projector, self.target_projector)):
-            for po, pt in zip(online.parameters(), target.parameters()):
-                pt.mul_(m).add_(po.detach(), alpha=1.0 - m)
+        ema_update([(self.encoder, self.target_encoder), (self.projector, self.target_projector)], m)
         return m
 
     def codebook_statistics(self) -> dict[str, float]:

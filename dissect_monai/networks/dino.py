@@ -5,50 +5,16 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dissect_monai.losses.dino import DINOLoss
-from dissect_monai.networks.dissect import cosine_momentum
 from dissect_monai.networks.embedder import EncoderEmbedder
+from dissect_monai.networks.heads import DINOHead
+from dissect_monai.networks.ssl_utils import cosine_momentum, ema_update
 from dissect_monai.networks.vit import ViTEncoder
 from dissect_monai.transforms.batched import random_resized_crops
 
-__all__ = ["DINO", "DINOHead"]
-
-
-class DINOHead(nn.Module):
-    """DINO projection head: MLP (GELU) to an L2-normalised bottleneck, then a weight-normalised linear layer
-    (norm fixed to 1) to ``out_dim`` prototype logits.
-
-    Args:
-        in_dim: input size (the ViT width).
-        out_dim: number of prototypes K.
-        hidden_dim: MLP hidden width.
-        bottleneck_dim: bottleneck size before the prototypes.
-        num_layers: MLP layers (>= 1).
-    """
-
-    def __init__(
-        self, in_dim: int, out_dim: int = 4096, hidden_dim: int = 1024, bottleneck_dim: int = 256, num_layers: int = 3
-    ) -> None:
-        super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        layers: list[nn.Module] = []
-        width = in_dim
-        for _ in range(num_layers - 1):
-            layers += [nn.Linear(width, hidden_dim), nn.GELU()]
-            width = hidden_dim
-        layers.append(nn.Linear(width, bottleneck_dim))
-        self.mlp = nn.Sequential(*layers)
-        self.prototypes = nn.Parameter(torch.empty(out_dim, bottleneck_dim))
-        nn.init.trunc_normal_(self.prototypes, std=0.02)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, in_dim)`` -> logits ``(B, out_dim)``."""
-        x = F.normalize(self.mlp(x), dim=-1)
-        return F.linear(x, F.normalize(self.prototypes, dim=-1))
+__all__ = ["DINO"]
 
 
 class DINO(nn.Module):
@@ -150,7 +116,5 @@ class DINO(nn.Module):
         """EMA of student into teacher (cosine momentum at ``progress``); stores ``progress`` for the temperature."""
         self.progress.fill_(float(progress))
         m = cosine_momentum(progress, self.base_momentum, self.final_momentum)
-        for online, target in ((self.encoder, self.teacher_encoder), (self.head, self.teacher_head)):
-            for po, pt in zip(online.parameters(), target.parameters()):
-                pt.mul_(m).add_(po.detach(), alpha=1.0 - m)
+        ema_update([(self.encoder, self.teacher_encoder), (self.head, self.teacher_head)], m)
         return m

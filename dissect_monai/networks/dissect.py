@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
-import math
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -12,92 +14,60 @@ from torch import nn
 
 from dissect_monai.losses.byol import BYOLLoss
 from dissect_monai.losses.code_consistency import CodeConsistencyLoss
-from dissect_monai.networks.encoders import ResNetFeaturePyramid
-from dissect_monai.networks.heads import MLPHead
+from dissect_monai.networks.encoders import PretrainedWeightsError, ResNetFeaturePyramid, state_dicts_in
+from dissect_monai.networks.heads import DiscreteDescriptor, MLPHead
 from dissect_monai.networks.quantizer import MultiScaleQuantizer
+from dissect_monai.networks.ssl_utils import cosine_momentum, ema_update, global_pool, pooled_codes
 
-__all__ = ["STAGE_NAMES", "FUSIONS", "cosine_momentum", "DiSSECTEmbedder", "DiscreteDescriptor", "DiSSECT"]
+__all__ = ["STAGE_NAMES", "DiSSECTEmbedder", "DiSSECT", "QuantisedDescriptor", "load_pretrained_quantizer"]
 
 #: names of the five maps of :class:`ResNetFeaturePyramid` (index 1 = C2 at 1/4 ... index 4 = C5 at 1/32).
 STAGE_NAMES: tuple[str, ...] = ("stem", "c2", "c3", "c4", "c5")
-#: ways to combine the discrete descriptor with the continuous feature before the discrete head.
-FUSIONS: tuple[str, ...] = ("none", "concat", "cross_attention")
-
-
-def cosine_momentum(progress: float, base: float = 0.996, final: float = 1.0) -> float:
-    """BYOL's target momentum ``final - (final - base) * (cos(pi * progress) + 1) / 2``, progress clipped to [0, 1]."""
-    progress = min(max(float(progress), 0.0), 1.0)
-    return final - (final - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
-
-
-def _global_pool(x: torch.Tensor) -> torch.Tensor:
-    """Mean over all spatial positions: ``(B, C, *S) -> (B, C)``, in the map's own memory order.
-
-    A channels-last map (the encoder's under bf16, the quantizer's always) is averaged as its
-    ``(B, positions, C)`` rows, others as ``(B, C, positions)``: neither the map nor its gradient is copied
-    into the other layout.
-    """
-    if x.stride(1) == 1:
-        return torch.movedim(x, 1, -1).reshape(x.shape[0], -1, x.shape[1]).mean(dim=1)
-    return x.flatten(2).mean(dim=2)
 
 
 class DiSSECTEmbedder(nn.Module):
     """The network the pretraining bundle ships: encoder (+ multi-scale quantizer), image -> embedding.
 
     Its state dict is the bundle's ``models/model.pt``; :func:`~dissect_monai.networks.load_pretrained_encoder`
-    reads the encoder from it (prefix ``encoder.``). TorchScript-able (``forward`` and ``encode``); run the
+    reads the encoder from it (prefix ``encoder.``) and :func:`load_pretrained_quantizer` rebuilds the quantizer
+    from it (sizes from the weights' shapes, the quantised encoder maps from the ``scale_index`` buffer), so the
+    quantizer's settings have one source: the checkpoint. TorchScript-able (``forward`` and ``encode``); run the
     scripted module without autocast (the eager module keeps code search in fp32 under autocast).
 
     Args:
-        spatial_dims: 2 or 3.
-        in_channels: image channels.
-        depth: ResNet depth (10, 18, 34, 50).
+        encoder: a pyramid encoder (``forward(x) -> list`` of channel-first maps, ``out_channels``,
+            ``feature_dim``, optional ``spatial_dims`` and ``stage_names``); default ``ResNetFeaturePyramid()``
+            (ResNet-18, 2D, 1 channel). A ViT is one through :class:`~dissect_monai.networks.vit.ViTTokenPyramid`.
         use_quantizer: build the multi-scale quantizer (False for BYOL).
-        scales: indices into the five encoder maps to quantise (default C2, C3, C4 = 1, 2, 3).
-        num_codes: codebook size, one value or one per scale.
-        code_dims: code dimension, one value or one per scale.
-        commitment_weight: beta of the commitment loss.
-        codebook_decay: EMA decay of the codebooks.
-        dead_code_threshold: EMA count under which a code is restarted.
-        encoder: another pyramid encoder (``forward(x) -> list`` of maps, ``out_channels``, ``feature_dim``,
-            optional ``stage_names``), e.g. :class:`~dissect_monai.networks.vit.ViTTokenPyramid`; then
-            ``spatial_dims``/``in_channels``/``depth`` only describe it and ``scales`` index its maps.
+        scales: indices into the encoder's maps to quantise (default C2, C3, C4 = 1, 2, 3 of a ResNet pyramid).
+        quantizer_args: further arguments of :class:`MultiScaleQuantizer` (``num_codes``, ``code_dims``,
+            ``commitment_weight``, ``decay``, ``eps``, ``dead_code_threshold``); its defaults otherwise.
     """
 
     def __init__(
         self,
-        spatial_dims: int = 2,
-        in_channels: int = 1,
-        depth: int = 18,
+        encoder: nn.Module | None = None,
         use_quantizer: bool = True,
         scales: Sequence[int] = (1, 2, 3),
-        num_codes: int | Sequence[int] = 512,
-        code_dims: int | Sequence[int] = 64,
-        commitment_weight: float = 0.25,
-        codebook_decay: float = 0.99,
-        dead_code_threshold: float = 0.1,
-        encoder: nn.Module | None = None,
+        quantizer_args: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.encoder = encoder if encoder is not None else ResNetFeaturePyramid(
-            spatial_dims=spatial_dims, in_channels=in_channels, depth=depth
-        )
+        self.encoder = encoder if encoder is not None else ResNetFeaturePyramid()
         stages = tuple(getattr(self.encoder, "stage_names", STAGE_NAMES))
-        self.scales: list[int] = [int(s) for s in scales]
+        self.scales: list[int] = [int(s) for s in scales] if use_quantizer else []
         if use_quantizer and (not self.scales or any(not 0 <= s < len(stages) for s in self.scales)):
-            raise ValueError(f"scales must be indices in 0..{len(stages) - 1} of {stages}, got {scales}.")
-        self.scale_names: list[str] = [stages[s] for s in self.scales] if use_quantizer else []
+            raise ValueError(f"scales must be indices in 0..{len(stages) - 1} of {stages}, got {tuple(scales)}.")
+        if quantizer_args and not use_quantizer:
+            raise ValueError(f"quantizer_args {dict(quantizer_args)} given with use_quantizer=False.")
+        self.scale_names: list[str] = [stages[s] for s in self.scales]
+        if use_quantizer:  # the quantised encoder maps travel with the checkpoint (see load_pretrained_quantizer)
+            self.register_buffer("scale_index", torch.tensor(self.scales, dtype=torch.long))
         self.quantizer: MultiScaleQuantizer | None = (
             MultiScaleQuantizer(
                 in_channels=[self.encoder.out_channels[s] for s in self.scales],
-                num_codes=num_codes,
-                code_dims=code_dims,
-                spatial_dims=spatial_dims,
-                commitment_weight=commitment_weight,
-                decay=codebook_decay,
-                dead_code_threshold=dead_code_threshold,
+                spatial_dims=int(getattr(self.encoder, "spatial_dims", 2)),
                 names=self.scale_names,
+                **dict(quantizer_args or {}),
             )
             if use_quantizer
             else None
@@ -106,13 +76,13 @@ class DiSSECTEmbedder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Embedding ``(B, embedding_dim)``: the average-pooled deepest map of an image ``(B, C, *spatial)``."""
-        return _global_pool(self.encoder(x)[-1])
+        return global_pool(self.encoder(x)[-1])
 
     @torch.jit.export
     def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"embedding": (B, D)}`` plus ``{"codes_<scale>": (B, *S_i)}`` int64 code indices per quantised scale."""
         maps = self.encoder(x)
-        out = {"embedding": _global_pool(maps[-1])}
+        out = {"embedding": global_pool(maps[-1])}
         quantizer = self.quantizer
         if quantizer is not None:
             indices = quantizer.code_indices([maps[s] for s in self.scales])
@@ -121,58 +91,104 @@ class DiSSECTEmbedder(nn.Module):
         return out
 
 
-class DiscreteDescriptor(nn.Module):
-    """One vector per image from the quantised maps, optionally fused with the continuous deepest map.
+def load_pretrained_quantizer(path: str | os.PathLike) -> tuple[MultiScaleQuantizer, list[int]]:
+    """The multi-scale quantizer of a DiSSECT checkpoint, with its weights, and the encoder maps it quantises.
 
-    ``fusion``: ``"none"`` -> concatenated average-pooled quantised maps, ``(B, sum(code_dims))``;
-    ``"concat"`` -> that plus the pooled continuous map, ``(B, sum(code_dims) + feature_dim)``;
-    ``"cross_attention"`` -> multi-head attention with queries = quantised positions of every scale and
-    keys/values = positions of the continuous map (tokens are spatial positions), residual + LayerNorm,
-    averaged over queries, ``(B, fusion_dim)``.
+    Sizes (``in_channels``, ``code_dims``, ``num_codes``, ``spatial_dims``) come from the shapes of the stored
+    weights and the scales from the ``scale_index`` buffer, so a checkpoint of any quantizer setting loads
+    without repeating it. Accepted files: the pretraining bundle's ``models/model.pt``
+    (:class:`DiSSECTEmbedder`), a pretraining training checkpoint (``embedder.`` keys, nested under any key),
+    or a transfer network holding a :class:`QuantisedDescriptor` (``descriptor.`` keys).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        PretrainedWeightsError: the file holds no DiSSECT quantizer (e.g. a BYOL or baseline checkpoint).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained checkpoint not found: {path}")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, pickle of arbitrary objects, not a torch file
+        raise PretrainedWeightsError(f"cannot read pretrained checkpoint {path}: {exc}") from exc
+    for _, sd in state_dicts_in(loaded):
+        prefixes = sorted((k[: -len("scale_index")] for k in sd if k.endswith("scale_index")), key=len)
+        for prefix in prefixes:
+            scales = [int(s) for s in sd[prefix + "scale_index"].tolist()]
+            q = prefix + "quantizer."
+            weights = [sd.get(f"{q}projections.{i}.weight") for i in range(len(scales))]
+            codebooks = [sd.get(f"{q}codebooks.{i}.codebook") for i in range(len(scales))]
+            if not scales or any(w is None for w in weights) or any(c is None for c in codebooks):
+                continue
+            quantizer = MultiScaleQuantizer(
+                in_channels=[int(w.shape[1]) for w in weights],
+                num_codes=[int(c.shape[0]) for c in codebooks],
+                code_dims=[int(c.shape[1]) for c in codebooks],
+                spatial_dims=weights[0].ndim - 2,
+            )
+            quantizer.load_state_dict({k[len(q):]: v for k, v in sd.items() if k.startswith(q)}, strict=True)
+            return quantizer, scales
+    raise PretrainedWeightsError(
+        f"{path} holds no DiSSECT MultiScaleQuantizer (no 'scale_index' with 'quantizer.' weights beside it): not a "
+        "DiSSECT checkpoint with use_quantizer=True (BYOL and the baselines have no codebooks)"
+    )
+
+
+class QuantisedDescriptor(nn.Module):
+    """The transfer side of DiSSECT's discrete path: :func:`pooled_codes` of a pretrained quantizer's nearest codes.
+
+    Each chosen encoder map goes through the quantizer's 1x1 projection, every position takes its nearest code
+    (cosine, fp32, no codebook update) and :func:`pooled_codes` averages and concatenates them, the values of
+    DiSSECT's ``fusion="none"`` :class:`DiscreteDescriptor` in eval mode. TorchScript-able.
+
+    Args:
+        quantizer: the pretrained :class:`MultiScaleQuantizer`.
+        scales: indices of the encoder maps it quantises, in the quantizer's order.
+
+    Attributes:
+        out_dim: ``sum(quantizer.code_dims)``.
     """
 
-    def __init__(
-        self,
-        code_dims: Sequence[int],
-        feature_dim: int,
-        fusion: str = "none",
-        fusion_dim: int = 256,
-        fusion_heads: int = 8,
-    ) -> None:
+    def __init__(self, quantizer: MultiScaleQuantizer, scales: Sequence[int]) -> None:
         super().__init__()
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}.")
-        self.fusion = fusion
-        if fusion == "cross_attention":
-            self.query_proj = nn.ModuleList([nn.Linear(d, fusion_dim) for d in code_dims])
-            self.key_proj = nn.Linear(feature_dim, fusion_dim)
-            self.attention = nn.MultiheadAttention(fusion_dim, fusion_heads, batch_first=True)
-            self.norm = nn.LayerNorm(fusion_dim)
-            self.out_dim = fusion_dim
-        else:
-            self.out_dim = sum(code_dims) + (feature_dim if fusion == "concat" else 0)
+        if len(scales) != len(quantizer.code_dims):
+            raise ValueError(f"{len(scales)} scales given for a quantizer of {len(quantizer.code_dims)} scales.")
+        self.quantizer = quantizer
+        self.scales: list[int] = [int(s) for s in scales]
+        self.register_buffer("scale_index", torch.tensor(self.scales, dtype=torch.long))
+        self.out_dim: int = int(sum(quantizer.code_dims))
 
-    def forward(self, quantised: Sequence[torch.Tensor], continuous: torch.Tensor) -> torch.Tensor:
-        """``quantised``: ``(B, D_i, *S_i)`` per scale; ``continuous``: ``(B, feature_dim, *S)``.
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | os.PathLike | None) -> QuantisedDescriptor:
+        """The descriptor of the quantizer stored in ``checkpoint`` (see :func:`load_pretrained_quantizer`).
 
-        Returns:
-            ``(B, out_dim)``.
+        Raises:
+            ValueError: no checkpoint given (the descriptor exists only as a pretrained one).
         """
-        if self.fusion == "cross_attention":
-            queries = torch.cat(
-                [proj(q.flatten(2).transpose(1, 2)) for proj, q in zip(self.query_proj, quantised)], dim=1
-            )  # (B, sum N_i, F): one token per spatial position
-            keys = self.key_proj(continuous.flatten(2).transpose(1, 2))  # (B, M, F)
-            attended, _ = self.attention(queries, keys, keys, need_weights=False)
-            return self.norm(queries + attended).mean(dim=1)
-        pooled = [_global_pool(q) for q in quantised]
-        if self.fusion == "concat":
-            pooled.append(_global_pool(continuous))
-        return torch.cat(pooled, dim=1)
+        if not checkpoint:
+            raise ValueError("a QuantisedDescriptor is read from a DiSSECT checkpoint, but no checkpoint was given "
+                             "(set pretrained_checkpoint, or use_descriptor=False)")
+        return cls(*load_pretrained_quantizer(checkpoint))
+
+    @property
+    def architecture(self) -> str:
+        """Short description used in error messages."""
+        q = self.quantizer
+        return f"MultiScaleQuantizer(scales {self.scales}, codes {q.num_codes}, dims {q.code_dims})"
+
+    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """Stage maps (as returned by the encoder) -> ``(B, out_dim)`` fp32 descriptor."""
+        indices = self.quantizer.code_indices([maps[s] for s in self.scales])
+        codes: list[torch.Tensor] = []
+        i = 0
+        for codebook in self.quantizer.codebooks:
+            codes.append(torch.movedim(codebook.lookup(indices[i]), -1, 1))  # (B, D, *S), channels-last strides
+            i += 1
+        return pooled_codes(codes)
 
 
 class DiSSECT(nn.Module):
-    """DiSSECT self-supervised model; with ``use_quantizer=False`` it is BYOL.
+    """DiSSECT self-supervised model on a :class:`DiSSECTEmbedder`; an embedder without quantizer gives BYOL.
 
     Both views go through the online and the EMA target networks as one concatenated batch.
     Terms (each a fp32 scalar in the output of :meth:`forward`):
@@ -190,15 +206,14 @@ class DiSSECT(nn.Module):
     + consistency_weight * consistency_loss``; ``discrete_only=True`` drops the continuous term and its heads.
 
     Args:
-        spatial_dims, in_channels, depth, scales, num_codes, code_dims, commitment_weight, codebook_decay,
-            dead_code_threshold: see :class:`DiSSECTEmbedder`.
-        use_quantizer: False gives BYOL.
+        embedder: the online encoder and quantizer, the network the bundle ships (default
+            ``DiSSECTEmbedder()``: ResNet-18, quantised C2..C4).
         projection_dim: output size of projectors and predictors (256).
         hidden_dim: hidden width of the continuous projector and predictor (4096).
         discrete_hidden_dim: hidden width of the discrete projector and predictor (``None``: ``hidden_dim``).
         discrete_weight: weight of the discrete BYOL term.
-        discrete_only: no continuous BYOL term (ablation "discrete path only"); needs scale 4 (c5) among
-            ``scales`` or a ``fusion``, so that every encoder stage is trained.
+        discrete_only: no continuous BYOL term (ablation "discrete path only"); needs the deepest encoder map
+            among the quantised scales or a ``fusion``, so that every encoder stage is trained.
         consistency_weight: weight of the code-assignment consistency term (0 = off).
         consistency_temperature: softmax temperature of the online soft assignments.
         fusion: ``"none"``, ``"concat"`` or ``"cross_attention"`` (see :class:`DiscreteDescriptor`).
@@ -207,21 +222,11 @@ class DiSSECT(nn.Module):
         base_momentum: target EMA momentum at the start (0.996), rising to ``final_momentum`` (1.0) on a
             cosine schedule.
         final_momentum: momentum at the end of training.
-        encoder: another pyramid encoder for the online network (see :class:`DiSSECTEmbedder`).
     """
 
     def __init__(
         self,
-        spatial_dims: int = 2,
-        in_channels: int = 1,
-        depth: int = 18,
-        use_quantizer: bool = True,
-        scales: Sequence[int] = (1, 2, 3),
-        num_codes: int | Sequence[int] = 512,
-        code_dims: int | Sequence[int] = 64,
-        commitment_weight: float = 0.25,
-        codebook_decay: float = 0.99,
-        dead_code_threshold: float = 0.1,
+        embedder: DiSSECTEmbedder | None = None,
         projection_dim: int = 256,
         hidden_dim: int = 4096,
         discrete_hidden_dim: int | None = None,
@@ -234,31 +239,21 @@ class DiSSECT(nn.Module):
         fusion_heads: int = 8,
         base_momentum: float = 0.996,
         final_momentum: float = 1.0,
-        encoder: nn.Module | None = None,
     ) -> None:
         super().__init__()
+        self.embedder = embedder if embedder is not None else DiSSECTEmbedder()
+        use_quantizer = self.embedder.quantizer is not None
+        deepest = len(self.embedder.encoder.out_channels) - 1
         if discrete_only and not use_quantizer:
-            raise ValueError("discrete_only=True needs use_quantizer=True (otherwise there is no loss).")
-        if discrete_only and fusion == "none" and len(STAGE_NAMES) - 1 not in [int(s) for s in scales]:
+            raise ValueError("discrete_only=True needs an embedder with a quantizer (otherwise there is no loss).")
+        if discrete_only and fusion == "none" and deepest not in self.embedder.scales:
             raise ValueError(
-                "discrete_only=True with fusion='none' needs the deepest map (scale 4, c5) among scales: otherwise "
-                "layer4, whose pooled output is the embedding, would receive no gradient."
+                f"discrete_only=True with fusion='none' needs the deepest map (scale {deepest}) among the embedder's "
+                "scales: otherwise the last encoder stage, whose pooled output is the embedding, would receive no "
+                "gradient."
             )
         if (consistency_weight > 0 or fusion != "none") and not use_quantizer:
-            raise ValueError("consistency_weight and fusion act on the discrete path: they need use_quantizer=True.")
-        self.embedder = DiSSECTEmbedder(
-            spatial_dims=spatial_dims,
-            in_channels=in_channels,
-            depth=depth,
-            use_quantizer=use_quantizer,
-            scales=scales,
-            num_codes=num_codes,
-            code_dims=code_dims,
-            commitment_weight=commitment_weight,
-            codebook_decay=codebook_decay,
-            dead_code_threshold=dead_code_threshold,
-            encoder=encoder,
-        )
+            raise ValueError("consistency_weight and fusion act on the discrete path: they need a quantizer.")
         feature_dim = self.embedder.embedding_dim
         self.discrete_only = discrete_only
         self.discrete_weight = discrete_weight
@@ -294,7 +289,7 @@ class DiSSECT(nn.Module):
             self.get_submodule(target).requires_grad_(False)
 
     @property
-    def encoder(self) -> ResNetFeaturePyramid:
+    def encoder(self) -> nn.Module:
         """The online encoder (what transfer uses)."""
         return self.embedder.encoder
 
@@ -331,9 +326,9 @@ class DiSSECT(nn.Module):
         out: dict[str, torch.Tensor] = {}
         loss = x.new_zeros((), dtype=torch.float32)
         if not self.discrete_only:
-            prediction = self.predictor(self.projector(_global_pool(maps[-1])))
+            prediction = self.predictor(self.projector(global_pool(maps[-1])))
             with torch.no_grad():
-                target = self.target_projector(_global_pool(target_maps[-1]))
+                target = self.target_projector(global_pool(target_maps[-1]))
             out["continuous_loss"] = self._symmetric(prediction, target)
             loss = loss + out["continuous_loss"]
         quantizer = self.embedder.quantizer
@@ -375,9 +370,7 @@ class DiSSECT(nn.Module):
         Call after each optimiser step. Returns the momentum used.
         """
         m = cosine_momentum(progress, self.base_momentum, self.final_momentum)
-        for online, target in self._pairs:
-            for po, pt in zip(self.get_submodule(online).parameters(), self.get_submodule(target).parameters()):
-                pt.mul_(m).add_(po.detach(), alpha=1.0 - m)
+        ema_update([(self.get_submodule(online), self.get_submodule(target)) for online, target in self._pairs], m)
         return m
 
     def codebook_statistics(self) -> dict[str, float]:

@@ -5,12 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["EncoderEmbedder", "global_pool"]
+from dissect_monai.networks.ssl_utils import global_pool
 
-
-def global_pool(feature_map: torch.Tensor) -> torch.Tensor:
-    """Global average pooling of a channel-first map ``(B, C, *spatial)`` -> ``(B, C)``."""
-    return feature_map.flatten(2).mean(dim=2)
+__all__ = ["EncoderEmbedder"]
 
 
 class EncoderEmbedder(nn.Module):

@@ -10,7 +10,11 @@ import torch
 from monai.networks.nets.resnet import ResNet, ResNetBlock, ResNetBottleneck, get_inplanes
 from torch import nn
 
-__all__ = ["RESNET_LAYERS", "ResNetFeaturePyramid", "load_pretrained_encoder", "PretrainedWeightsError"]
+from dissect_monai.networks.ssl_utils import global_pool
+
+__all__ = [
+    "RESNET_LAYERS", "ResNetFeaturePyramid", "load_pretrained_encoder", "PretrainedWeightsError", "state_dicts_in"
+]
 
 #: blocks per stage and block type for each supported depth (He et al. 2016 / MONAI ``resnetXX``).
 RESNET_LAYERS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
@@ -114,14 +118,14 @@ class ResNetFeaturePyramid(ResNet):
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """Global average pooled deepest map, ``(B, feature_dim)``, of an input ``(B, in_channels, *spatial)``."""
-        return torch.flatten(self.avgpool(self.forward(x)[-1]), 1)
+        return global_pool(self.forward(x)[-1])
 
 
 class PretrainedWeightsError(ValueError):
     """A checkpoint could not be loaded into an encoder; the message names the file and the problem."""
 
 
-def _state_dicts_in(obj: object, where: str = "") -> list[tuple[str, Mapping[str, torch.Tensor]]]:
+def state_dicts_in(obj: object, where: str = "") -> list[tuple[str, Mapping[str, torch.Tensor]]]:
     """All tensor mappings inside a loaded checkpoint (the object itself and nested dicts), with their key path."""
     found: list[tuple[str, Mapping[str, torch.Tensor]]] = []
     if isinstance(obj, Mapping):
@@ -130,7 +134,7 @@ def _state_dicts_in(obj: object, where: str = "") -> list[tuple[str, Mapping[str
             found.append((where, tensors))
         for key, value in obj.items():
             if isinstance(value, Mapping):
-                found.extend(_state_dicts_in(value, f"{where}[{key!r}]"))
+                found.extend(state_dicts_in(value, f"{where}[{key!r}]"))
     return found
 
 
@@ -184,7 +188,7 @@ def load_pretrained_encoder(
     arch = getattr(encoder, "architecture", type(encoder).__name__)
     expected = encoder.state_dict()
     wanted = list(expected)
-    candidates = _state_dicts_in(loaded)
+    candidates = state_dicts_in(loaded)
     if not candidates:
         raise PretrainedWeightsError(f"{path} holds no tensors (type {type(loaded).__name__}); expected a state dict")
 

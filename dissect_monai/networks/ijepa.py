@@ -3,69 +3,18 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 
 import torch
-from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 from torch import nn
 
 from dissect_monai.losses.jepa import LatentPredictionLoss
-from dissect_monai.networks.dissect import cosine_momentum
 from dissect_monai.networks.embedder import EncoderEmbedder
-from dissect_monai.networks.vit import ViTEncoder, gather_tokens, transformer_block
+from dissect_monai.networks.heads import JEPAPredictor
+from dissect_monai.networks.ssl_utils import cosine_momentum, ema_update
+from dissect_monai.networks.vit import ViTEncoder, gather_tokens
 from dissect_monai.transforms.batched import BlockMaskGenerator
 
-__all__ = ["IJEPA", "JEPAPredictor"]
-
-
-class JEPAPredictor(nn.Module):
-    """Narrow transformer that predicts target-token features from context tokens and target positions.
-
-    Context tokens (encoder width) are projected to ``predictor_dim`` and get their positional embedding;
-    each target position is a shared learnable mask token plus its positional embedding. After the
-    blocks, the target tokens are projected back to the encoder width.
-
-    Args:
-        grid_size: patch grid.
-        encoder_dim: token size D of the encoder.
-        predictor_dim: token size of the predictor (narrower than D).
-        depth: predictor blocks.
-        num_heads: predictor attention heads.
-    """
-
-    def __init__(
-        self, grid_size: Sequence[int], encoder_dim: int, predictor_dim: int = 96, depth: int = 3, num_heads: int = 4
-    ) -> None:
-        super().__init__()
-        self.embed = nn.Linear(encoder_dim, predictor_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, predictor_dim))
-        nn.init.trunc_normal_(self.mask_token, std=0.02)
-        self.pos_embed = build_sincos_position_embedding(tuple(grid_size), predictor_dim, len(grid_size))
-        self.blocks = nn.ModuleList(
-            [transformer_block(predictor_dim, 4 * predictor_dim, num_heads) for _ in range(depth)]
-        )
-        self.norm = nn.LayerNorm(predictor_dim)
-        self.project = nn.Linear(predictor_dim, encoder_dim)
-
-    def forward(self, context: torch.Tensor, context_index: torch.Tensor, target_index: torch.Tensor) -> torch.Tensor:
-        """
-        Args:
-            context: encoded context tokens ``(B, Kc, D)``.
-            context_index: their grid positions ``(B, Kc)``.
-            target_index: grid positions to predict ``(B, Kt)``.
-
-        Returns:
-            predicted target features ``(B, Kt, D)``.
-        """
-        b = context.shape[0]
-        pos = self.pos_embed.expand(b, -1, -1)
-        x = self.embed(context)
-        x = x + gather_tokens(pos, context_index).to(x.dtype)
-        queries = self.mask_token.to(x.dtype) + gather_tokens(pos, target_index).to(x.dtype)
-        x = torch.cat([x, queries.expand(b, -1, -1)], dim=1)
-        for block in self.blocks:
-            x = block(x)
-        return self.project(self.norm(x[:, context.shape[1]:]))
+__all__ = ["IJEPA"]
 
 
 class IJEPA(nn.Module):
@@ -149,6 +98,5 @@ class IJEPA(nn.Module):
     def update_target(self, progress: float) -> float:
         """EMA of the context encoder into the target encoder (cosine momentum at ``progress``); returns it."""
         m = cosine_momentum(progress, self.base_momentum, self.final_momentum)
-        for po, pt in zip(self.encoder.parameters(), self.target_encoder.parameters()):
-            pt.mul_(m).add_(po.detach(), alpha=1.0 - m)
+        ema_update([(self.encoder, self.target_encoder)], m)
         return m

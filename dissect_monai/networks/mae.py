@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
-from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 from torch import nn
 
 from dissect_monai.losses.mae import MaskedPatchLoss
 from dissect_monai.networks.embedder import EncoderEmbedder
-from dissect_monai.networks.vit import ViTEncoder, gather_tokens, patchify, transformer_block
+from dissect_monai.networks.heads import MAEDecoder
+from dissect_monai.networks.vit import ViTEncoder, patchify
 from dissect_monai.transforms.batched import random_patch_mask
 
 __all__ = ["MAE"]
@@ -45,19 +45,7 @@ class MAE(nn.Module):
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
         self.mask_ratio = mask_ratio
-        enc = self.encoder
-        patch_pixels = enc.in_channels
-        for p in enc.patch_size:
-            patch_pixels *= p
-        self.decoder_embed = nn.Linear(enc.feature_dim, decoder_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
-        nn.init.trunc_normal_(self.mask_token, std=0.02)
-        self.decoder_pos = build_sincos_position_embedding(enc.grid_size, decoder_dim, enc.spatial_dims)
-        self.decoder_blocks = nn.ModuleList(
-            [transformer_block(decoder_dim, 4 * decoder_dim, decoder_heads) for _ in range(decoder_depth)]
-        )
-        self.decoder_norm = nn.LayerNorm(decoder_dim)
-        self.decoder_pred = nn.Linear(decoder_dim, patch_pixels)
+        self.decoder = MAEDecoder(self.encoder, decoder_dim, decoder_depth, decoder_heads)
         self.loss_function = MaskedPatchLoss(norm_pix=norm_pix)
 
     @property
@@ -71,16 +59,7 @@ class MAE(nn.Module):
         b = images.shape[0]
         keep_index, mask, restore_index = random_patch_mask(b, enc.num_patches, self.mask_ratio, images.device)
         latent, _ = enc.encode(images, keep_index=keep_index)
-        tokens = self.decoder_embed(latent)
-        prefix, visible = tokens[:, : enc.num_prefix_tokens], tokens[:, enc.num_prefix_tokens:]
-        n_masked = enc.num_patches - visible.shape[1]
-        full = torch.cat([visible, self.mask_token.to(visible.dtype).expand(b, n_masked, -1)], dim=1)
-        full = gather_tokens(full, restore_index) + self.decoder_pos.to(full.dtype)
-        x = torch.cat([prefix, full], dim=1)
-        for block in self.decoder_blocks:
-            x = block(x)
-        pred = self.decoder_pred(self.decoder_norm(x))[:, enc.num_prefix_tokens:]
-        return pred, mask
+        return self.decoder(latent, restore_index), mask
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """

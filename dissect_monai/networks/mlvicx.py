@@ -15,9 +15,10 @@ from monai.networks.layers import Conv, Pool
 from torch import nn
 
 from dissect_monai.losses.vicreg import VICRegLoss
-from dissect_monai.networks.embedder import EncoderEmbedder, global_pool
+from dissect_monai.networks.embedder import EncoderEmbedder
 from dissect_monai.networks.encoders import ResNetFeaturePyramid
 from dissect_monai.networks.heads import MLPHead
+from dissect_monai.networks.ssl_utils import global_pool
 
 __all__ = ["ContextBottleneck", "ContextResNetFeaturePyramid", "MLVICX"]
 

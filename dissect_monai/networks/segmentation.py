@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from torch import nn
 
+from dissect_monai.networks.dissect import load_pretrained_quantizer
 from dissect_monai.networks.encoders import ResNetFeaturePyramid, load_pretrained_encoder
+from dissect_monai.networks.quantizer import MultiScaleQuantizer
 from dissect_monai.utils.precision import resolve_precision
 
 __all__ = ["DEFAULT_DECODER_CHANNELS", "FeaturePyramidUNet", "DecoderBlock", "QuantizedSkips"]
@@ -65,35 +67,33 @@ class QuantizedSkips(nn.Module):
     """Quantised code maps of some encoder stages, as extra decoder skips (``FeaturePyramidUNet(extra_skips=...)``).
 
     Each chosen stage map is projected and replaced by its nearest code (straight-through, so the projection and the
-    encoder still get gradients); the codebooks are used as pretrained and never EMA-updated here.
+    encoder still get gradients); the codebooks are used as pretrained and never EMA-updated here. Build it from a
+    DiSSECT checkpoint with :meth:`from_checkpoint`, which reads the quantizer's sizes and stages from the checkpoint.
 
     Args:
         quantizer: a :class:`dissect_monai.networks.quantizer.MultiScaleQuantizer` whose scales are ``stages``.
-        stages: indices of the encoder stage maps it quantises (DiSSECT default: C2, C3, C4 = 1, 2, 3).
+        stages: indices of the encoder stage maps it quantises, in the quantizer's order.
         n_stages: number of encoder stage maps.
-        checkpoint: optional pretraining checkpoint (the DiSSECT bundle's ``models/model.pt``) to load the quantizer
-            from (keys found under any prefix, e.g. ``quantizer.``).
     """
 
-    def __init__(
-        self,
-        quantizer: nn.Module,
-        stages: Sequence[int] = (1, 2, 3),
-        n_stages: int = 5,
-        checkpoint: str | Path | None = None,
-    ) -> None:
+    def __init__(self, quantizer: MultiScaleQuantizer, stages: Sequence[int], n_stages: int = 5) -> None:
         super().__init__()
         code_dims = tuple(int(d) for d in quantizer.code_dims)
         if len(code_dims) != len(stages) or any(not 0 <= s < n_stages for s in stages):
             raise ValueError(f"stages {tuple(stages)} must be {len(code_dims)} indices in 0..{n_stages - 1}")
-        if checkpoint:
-            load_pretrained_encoder(checkpoint, quantizer)
         self.quantizer = quantizer
         self.stages = [int(s) for s in stages]
         channels = [0] * n_stages
         for stage, dim in zip(self.stages, code_dims):
             channels[stage] = dim
         self.out_channels: tuple[int, ...] = tuple(channels)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path, n_stages: int = 5) -> QuantizedSkips:
+        """The skips of the quantizer in a DiSSECT checkpoint (the pretraining bundle's ``models/model.pt`` or a
+        training checkpoint), with its weights; see :func:`dissect_monai.networks.dissect.load_pretrained_quantizer`."""
+        quantizer, stages = load_pretrained_quantizer(checkpoint)
+        return cls(quantizer, stages, n_stages)
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor | None]:
         """Stage maps ``(B, C_i, *S_i)`` -> ``(B, code_dim, *S_i)`` fp32 code maps at ``stages``, None elsewhere."""

@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from dissect_monai.losses.vicreg import VICRegLoss
-from dissect_monai.networks.embedder import EncoderEmbedder, global_pool
+from dissect_monai.networks.embedder import EncoderEmbedder
 from dissect_monai.networks.encoders import ResNetFeaturePyramid
 from dissect_monai.networks.heads import MLPHead
+from dissect_monai.networks.ssl_utils import global_pool
 
 __all__ = ["VICReg"]
 

@@ -234,9 +234,9 @@ class ViTEncoder(nn.Module):
 class ViTTokenPyramid(nn.Module):
     """A :class:`ViTEncoder` seen as a feature pyramid: patch-token maps at chosen depths.
 
-    Same contract as ``ResNetFeaturePyramid`` (``forward(x) -> list`` of channel-first maps, attribute
-    ``out_channels``, ``feature_dim``; ``stage_names`` ``block<depth>``), so methods written for pyramids
-    (DiSSECT) run on a ViT.
+    Same contract as ``ResNetFeaturePyramid`` (``forward(x) -> list`` of channel-first maps, attributes
+    ``out_channels``, ``feature_dim``, ``spatial_dims``; ``stage_names`` ``block<depth>``), so methods written for
+    pyramids (DiSSECT) run on a ViT.
 
     Args:
         encoder: the ViT.
@@ -254,6 +254,7 @@ class ViTTokenPyramid(nn.Module):
         self.stage_names = tuple(f"block{d}" for d in self.depths)
         self.out_channels = tuple(encoder.feature_dim for _ in self.depths)
         self.feature_dim = encoder.feature_dim
+        self.spatial_dims = encoder.spatial_dims
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``(B, C, *img_size)`` -> one ``(B, D, *grid_size)`` patch-token map per depth.

@@ -1,16 +1,16 @@
-"""Loading (PNG/JPEG, NIfTI, DICOM files and series) and SSL views and masks, as MONAI dictionary transforms and
-batched tensor operations."""
+"""MONAI dictionary transforms: intensity mapping after loading (VOI window / LUT, MONOCHROME1, HU), the SSL view
+recipe (``RandTwoViewsd``; batched crops, filters and masks in ``batched``) and the label-map / DICOM SEG writers
+(``segmentation_io``)."""
 
-from dissect_monai.transforms.errors import ImageLoadError
-from dissect_monai.transforms.io import LoadMedicalImage, LoadMedicalImaged, read_any
+from dissect_monai.transforms.intensity import MedicalIntensity, MedicalIntensityd
+from dissect_monai.transforms.loading import load_image_transforms
 from dissect_monai.transforms.views import RandTwoViewsd, ViewParameters, apply_view
 
 __all__ = [
-    "ImageLoadError",
-    "LoadMedicalImage",
-    "LoadMedicalImaged",
+    "MedicalIntensity",
+    "MedicalIntensityd",
     "RandTwoViewsd",
     "ViewParameters",
     "apply_view",
-    "read_any",
+    "load_image_transforms",
 ]

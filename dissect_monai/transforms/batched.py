@@ -7,7 +7,7 @@ local crops with :func:`random_resized_crops`; MAE masks with :func:`random_patc
 and target blocks with :class:`BlockMaskGenerator`.
 
 Coordinates are normalised per axis to ``[-1, 1]`` over the image (pixel edges, ``align_corners=False``) and
-listed in spatial-axis order (axis 0 of ``(H, W)`` is H).
+listed in spatial-axis order (axis 0 of a 2D image in MONAI's ``(W, H)`` order is its width).
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ Pillow, without MONAI's writer-side resampling (which fails on 2D label maps pro
 
 For :class:`SaveDicomSegd`, the SEG itself is built by :func:`dissect_monai.dicom.segmentation_from_prediction`
 (highdicom), the same builder the PACS node uses; the transform finds the source instances from the prediction's
-metadata (``filename_or_obj`` and ``SOPInstanceUID`` kept by
-:class:`dissect_monai.transforms.LoadMedicalImaged`) and writes one SEG per image. Predictions on non-DICOM
+metadata (``filename_or_obj`` and ``SOPInstanceUID`` kept by :class:`dissect_monai.data.MedicalImageReader`) and
+writes one SEG per image. Predictions on non-DICOM
 inputs (PNG, NIfTI) are passed through untouched, so the same inference config serves every input type.
 highdicom is imported only when a SEG is written, so the transform also loads where highdicom is absent
 (MONAI Label's environment, whose studies are NIfTI/PNG).
@@ -27,7 +27,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, SaveImaged
 from PIL import Image
 
-from dissect_monai.transforms.dicom_reader import is_dicom_file, sop_instance_uid
+from dissect_monai.data.dicom_reader import is_dicom_file, sop_instance_uid
 
 __all__ = ["SaveDicomSegd", "SaveLabelMapd", "segment_names_from_channel_def", "source_instances"]
 
@@ -47,7 +47,8 @@ def source_instances(filename: str | Path, sop_instance_uids: str) -> list[pydic
     """The DICOM instances a prediction was made from.
 
     Args:
-        filename: ``filename_or_obj`` of the loaded image: one DICOM file, or the directory of a series.
+        filename: ``filename_or_obj`` of the loaded image: one DICOM file, the directory of a series, or the first
+            file of a series loaded from its list of files (the series is then looked up beside it).
         sop_instance_uids: the ``SOPInstanceUID`` meta entry (backslash-joined for a series, in slice order).
 
     Returns:
@@ -58,10 +59,11 @@ def source_instances(filename: str | Path, sop_instance_uids: str) -> list[pydic
     """
     path = Path(filename)
     wanted = [uid for uid in str(sop_instance_uids).split("\\") if uid]
-    if path.is_file():
+    if path.is_file() and len(wanted) <= 1:
         return [pydicom.dcmread(path)]
+    folder = path if path.is_dir() else path.parent
     found: dict[str, pydicom.Dataset] = {}
-    for item in sorted(path.iterdir()):
+    for item in sorted(folder.iterdir()):
         if item.is_file() and (is_dicom_file(item) or item.suffix.lower() == ".dcm"):
             ds = pydicom.dcmread(item)
             uid = sop_instance_uid(ds)
@@ -77,7 +79,7 @@ class SaveDicomSegd(MapTransform):
     """Save ``d[key]`` (integer label map in the source's original geometry, e.g. after ``Invertd`` +
     ``AsDiscreted(argmax=True)``) as a BINARY DICOM SEG with one segment per label, when the image was DICOM.
 
-    Input: ``(1, H, W)`` for a single CR/DX/DICOM image (rows first, as loaded), ``(1, X, Y, Z)`` with its RAS
+    Input: ``(1, W, H)`` for a single CR/DX/DICOM image (MONAI's axis order, as loaded), ``(1, X, Y, Z)`` with its RAS
     affine for a CT/MR series. The SEG goes to ``output_dir/<SEG SOPInstanceUID>.dcm`` and its path to
     ``d[f"{key}_dicom_seg"]``. Non-DICOM sources are skipped (the key is not set).
 
@@ -138,7 +140,9 @@ class SaveDicomSegd(MapTransform):
                 # anonymised sources with blanked UIDs: the SEG references UIDs derived from the series folder
                 # (deterministic, the same as the PACS node assigns), since it must reference something
                 logger.warning("source instances lack Study/Series/SOP Instance UIDs; deriving them for the SEG")
-                assign_missing_uids(sources, namespace=Path(str(meta["filename_or_obj"])).name)
+                origin = Path(str(meta["filename_or_obj"]))  # a file, a series folder, or a series' first file
+                folder = origin.parent if origin.is_file() and len(sources) > 1 else origin
+                assign_missing_uids(sources, namespace=folder.name)
             seg = segmentation_from_prediction(
                 labels,
                 sources,
@@ -167,12 +171,14 @@ def _output_stem(filename: str | Path) -> str:
 
 
 class SaveLabelMapd(SaveImaged):
-    """Write an integer label map ``d[key]`` (``(1, H, W)`` or ``(1, X, Y, Z)`` MetaTensor) as it is, no resampling.
+    """Write an integer label map ``d[key]`` (``(1, W, H)`` or ``(1, X, Y, Z)`` MetaTensor, or ``(W, H)`` with its
+    channel squeezed) as it is, no resampling.
 
     Writes ``output_dir/<input stem><postfix>.nii.gz`` (uint8, the MetaTensor's RAS affine, which NIfTI also uses)
-    and, for 2D label maps, ``...<postfix>.png`` (rows first as loaded, values multiplied by ``png_scale``: 255 makes
-    a binary mask visible). The paths go to ``d[f"{key}_saved"]``. It is a ``SaveImaged`` so that MONAI Label, which
-    removes ``SaveImaged`` from a bundle's post-processing and returns the result itself, leaves it out too.
+    and, for 2D label maps, ``...<postfix>.png`` (the input's rows and columns, values multiplied by ``png_scale``:
+    255 makes a binary mask visible). The paths go to ``d[f"{key}_saved"]``. It is a ``SaveImaged`` so that MONAI
+    Label, which removes ``SaveImaged`` from a bundle's post-processing and returns the result itself, leaves it out
+    too.
 
     Args:
         keys: label-map keys.
@@ -202,8 +208,10 @@ class SaveLabelMapd(SaveImaged):
             if not isinstance(pred, MetaTensor):
                 raise TypeError(f"SaveLabelMapd needs a MetaTensor with an affine for {key!r}, got {type(pred)}")
             labels = np.asarray(pred.detach().cpu())
+            if labels.ndim == 2:
+                labels = labels[None]
             if labels.ndim not in (3, 4) or labels.shape[0] != 1:
-                raise ValueError(f"{key!r}: expected a (1, H, W) or (1, X, Y, Z) label map, got {labels.shape}")
+                raise ValueError(f"{key!r}: expected a (1, W, H), (W, H) or (1, X, Y, Z) label map, got {labels.shape}")
             labels = np.rint(labels[0]).astype(np.uint8)
             stem = _output_stem(pred.meta.get("filename_or_obj", key)) + self.output_postfix
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -212,6 +220,7 @@ class SaveLabelMapd(SaveImaged):
             nib.save(nib.Nifti1Image(labels, affine), saved[0])
             if labels.ndim == 2:
                 saved.append(self.output_dir / f"{stem}.png")
-                Image.fromarray((labels.astype(np.int32) * self.png_scale).clip(0, 255).astype(np.uint8)).save(saved[1])
+                png = (labels.T.astype(np.int32) * self.png_scale).clip(0, 255).astype(np.uint8)  # (W, H) -> rows
+                Image.fromarray(png).save(saved[1])
             d[f"{key}_saved"] = [str(p) for p in saved]
         return d

@@ -134,7 +134,8 @@ class RandTwoViewsd(Randomizable, MapTransform):
         spatial_size: view size (N values).
         crop_scale: range of each crop side as a fraction of the image side.
         flip_prob: probability of flipping each axis of ``flip_axes``.
-        flip_axes: spatial axes that may flip (default 1: left-right of a 2D ``(H, W)`` image).
+        flip_axes: spatial axes that may flip (default 0: left-right of a 2D image in MONAI's ``(W, H)`` order, or
+            of a RAS volume).
         rotate_prob: probability of a rotation.
         rotate_range: largest rotation angle in radians.
         gamma_prob: probability of a gamma change.
@@ -159,7 +160,7 @@ class RandTwoViewsd(Randomizable, MapTransform):
         spatial_size: Sequence[int],
         crop_scale: Sequence[float] = (0.4, 1.0),
         flip_prob: float | Sequence[float] = 0.5,
-        flip_axes: Sequence[int] = (1,),
+        flip_axes: Sequence[int] = (0,),
         rotate_prob: float | Sequence[float] = 0.5,
         rotate_range: float = 0.17,
         gamma_prob: float | Sequence[float] = 0.8,

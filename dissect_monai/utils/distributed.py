@@ -1,4 +1,5 @@
-"""torchrun helpers for bundle configs: process group (NCCL on GPU, gloo on CPU), device, DDP wrapping."""
+"""torchrun helpers: process group (NCCL on GPU, gloo on CPU), device, DDP wrapping, and the collectives the
+losses use so that batch statistics are global (every rank's samples), not per rank."""
 
 from __future__ import annotations
 
@@ -8,7 +9,50 @@ import ignite.distributed as idist
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_distributed", "distributed_device", "wrap_ddp"]
+__all__ = ["init_distributed", "distributed_device", "wrap_ddp", "is_distributed", "gather_with_grad", "all_reduce_sum"]
+
+
+def is_distributed() -> bool:
+    """True inside an initialised process group of more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward sums every rank's gradient of the gathered tensor and keeps this
+    rank's rows: with DistributedDataParallel averaging parameter gradients over ``W`` ranks, a loss computed on the
+    gathered batch then gets exactly the gradient of the same loss on one ``W``-times larger batch."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(dist.get_world_size())]
+        dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
+        counts = [int(n) for n in sizes]
+        padded = x.new_zeros((max(counts), *x.shape[1:]))
+        padded[: x.shape[0]] = x
+        parts = [torch.empty_like(padded) for _ in counts]
+        dist.all_gather(parts, padded)
+        rank = dist.get_rank()
+        ctx.start, ctx.stop = sum(counts[:rank]), sum(counts[: rank + 1])
+        return torch.cat([part[:n] for part, n in zip(parts, counts)])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.start:ctx.stop]
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``x`` ``(B_r, *)`` concatenated in rank order, ``(sum B_r, *)``, differentiable; ``x`` itself
+    outside a multi-rank process group. Ranks may hold different batch sizes."""
+    return _GatherWithGrad.apply(x) if is_distributed() else x
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum of ``x`` over all ranks (in place, no gradient); ``x`` unchanged outside a multi-rank process group."""
+    if is_distributed():
+        dist.all_reduce(x)
+    return x
 
 
 def init_distributed(backend: str = "auto") -> int:

@@ -142,20 +142,24 @@ def _input_grad(
 
 
 class _ConvGemm(torch.autograd.Function):
-    """Convolution (groups 1, dilation 1, zero padding) with forward and backward as GEMMs on channels-last data."""
+    """Convolution (groups 1, dilation 1, zero padding) with forward and backward as GEMMs on channels-last data.
+
+    The output is the GEMM's ``(B * prod(S_out), O)`` matrix itself, not a view of it: :func:`conv_gemm` reshapes it
+    outside the Function, so that an in-place operation on the result (``nn.ReLU(inplace=True)``) is recorded by
+    autograd instead of being refused.
+    """
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.bfloat16)
     def forward(ctx, x, weight, bias, stride, padding):  # type: ignore[override]
         b, c, *size = x.shape
         o, _, *kernel = weight.shape
-        out = _output_size(size, kernel, stride, padding)
         rows = _window_rows(x, kernel, stride, padding)
         w = weight.movedim(1, -1).reshape(o, -1)  # (O, *K * C): a view of a channels-last weight
         y = torch.addmm(bias, rows, w.t()) if bias is not None else rows @ w.t()
         ctx.save_for_backward(rows, w)
         ctx.geometry = (b, c, tuple(size), tuple(kernel), tuple(stride), tuple(padding), bias is not None)
-        return y.view(b, *out, o).movedim(-1, 1)
+        return y
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cpu")
@@ -163,7 +167,7 @@ class _ConvGemm(torch.autograd.Function):
         rows, w = ctx.saved_tensors
         b, c, size, kernel, stride, padding, has_bias = ctx.geometry
         o = w.shape[0]
-        g = grad.movedim(1, -1).reshape(-1, o).to(rows.dtype)  # (B * prod(S_out), O)
+        g = grad.reshape(-1, o).to(rows.dtype)  # (B * prod(S_out), O)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = _input_grad(g, w, b, c, size, kernel, stride, padding)
@@ -195,7 +199,9 @@ def conv_gemm(
     d = x.ndim - 2
     stride = (stride,) * d if isinstance(stride, int) else tuple(stride)
     padding = (padding,) * d if isinstance(padding, int) else tuple(padding)
-    return _ConvGemm.apply(x, weight, bias, stride, padding)
+    out = _output_size(list(x.shape[2:]), list(weight.shape[2:]), stride, padding)
+    y = _ConvGemm.apply(x, weight, bias, stride, padding)
+    return y.view(x.shape[0], *out, weight.shape[0]).movedim(-1, 1)
 
 
 def gemm_conv_choices() -> dict[tuple, bool]:

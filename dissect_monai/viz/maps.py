@@ -77,7 +77,7 @@ def last_layer_attention(embedder: nn.Module, images: torch.Tensor) -> torch.Ten
 
 def anchor_similarity(features: torch.Tensor, anchor: tuple[int, int]) -> torch.Tensor:
     """Cosine similarity ``(B, h, w)`` of every position of ``features`` ``(B, D, h, w)`` to the position ``anchor``
-    (row, column) of the same image."""
+    (index along the two spatial axes) of the same image."""
     h, w = features.shape[2:]
     r, c = anchor
     if not (0 <= r < h and 0 <= c < w):
@@ -199,6 +199,7 @@ def typical_patches(
     return out
 
 
-def grid_anchor(grid: Sequence[int], fraction: tuple[float, float] = (0.45, 0.3)) -> tuple[int, int]:
-    """Grid cell at a fractional (row, column) position, e.g. the default lies in the image's left lung field."""
+def grid_anchor(grid: Sequence[int], fraction: tuple[float, float] = (0.3, 0.45)) -> tuple[int, int]:
+    """Grid cell at a fractional position along (axis 0, axis 1) = (column, row) in MONAI's axis order; the default
+    lies in the image's left lung field."""
     return min(int(fraction[0] * grid[0]), grid[0] - 1), min(int(fraction[1] * grid[1]), grid[1] - 1)

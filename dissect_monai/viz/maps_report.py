@@ -22,7 +22,7 @@ from monai.transforms import Compose, EnsureTyped, Resized
 
 from dissect_monai.data import dataset_datalist
 from dissect_monai.networks.presets import build_method_embedder
-from dissect_monai.transforms import LoadMedicalImaged
+from dissect_monai.transforms import load_image_transforms
 from dissect_monai.viz import maps, panels
 
 __all__ = ["budget_note", "maps_markdown", "nih_test_images", "write_encoder_maps"]
@@ -41,7 +41,7 @@ def nih_test_images(data_root: str | os.PathLike, count: int, image_size: int) -
         if pick is not None:
             picks.append(pick)
     load = Compose([
-        LoadMedicalImaged(keys="image"),
+        *load_image_transforms("image"),
         Resized(keys="image", spatial_size=(image_size, image_size), mode="area"),
         EnsureTyped(keys="image", track_meta=False),
     ])
@@ -62,7 +62,8 @@ def budget_note(run: dict) -> str:
 
 def write_encoder_maps(
     runs: Sequence[dict[str, Any]], data_root: str | os.PathLike, out: str | os.PathLike, images: int = 4,
-    typical_images: int = 32, source: str = "the runs given",
+    typical_images: int = 32, source: str = "the runs given", *, methods_dir: str | os.PathLike,
+    pretrain_bundle: str | os.PathLike,
 ) -> dict[str, Any]:
     """Draw the maps of every run into ``out`` (PNGs, ``maps.json``, ``README.md``); returns the ``maps.json`` record.
 
@@ -72,6 +73,8 @@ def write_encoder_maps(
         data_root: folder holding the datasets (the NIH test images are drawn from it).
         images: test images shown per run; typical_images: test images searched for each code's typical patches.
         source: where the runs came from, for the README.
+        methods_dir / pretrain_bundle: the method presets and the pretraining bundle they extend
+            (:func:`~dissect_monai.networks.presets.build_method_embedder`).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,7 +86,7 @@ def write_encoder_maps(
             by_size[size] = {"images": nih_test_images(data_root, images, size), "rows": {},
                              "typical": nih_test_images(data_root, typical_images, size)[0]}
         batch, _ = by_size[size]["images"]
-        embedder = build_method_embedder(run["method"], size, run["checkpoint"])
+        embedder = build_method_embedder(run["method"], size, methods_dir, pretrain_bundle, run["checkpoint"])
         note = budget_note(run)
         label = f"{run['name']}\n({note.split(' - ')[0].replace(' (no pretraining)', '')})"
         with torch.no_grad():

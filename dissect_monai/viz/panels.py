@@ -1,4 +1,7 @@
-"""PNG panels of the maps of :mod:`dissect_monai.viz.maps` (matplotlib, Agg backend, no display needed)."""
+"""PNG panels of the maps of :mod:`dissect_monai.viz.maps` (matplotlib, Agg backend, no display needed).
+
+Images and maps come in MONAI's axis order (first spatial axis = image column, as loaded by
+:class:`dissect_monai.data.MedicalImageReader`) and are shown with rows down, as the image is displayed."""
 
 from __future__ import annotations
 
@@ -14,8 +17,13 @@ import numpy as np  # noqa: E402
 __all__ = ["code_map_panel", "comparison_panel", "method_panel", "save", "typical_patches_panel"]
 
 
+def _display(array: np.ndarray) -> np.ndarray:
+    """``(W, H[, 3])`` in MONAI's axis order -> ``(H, W[, 3])`` for ``imshow``."""
+    return np.swapaxes(array, 0, 1)
+
+
 def _show(ax, image: np.ndarray, title: str | None = None, **kwargs) -> None:
-    ax.imshow(image, **kwargs)
+    ax.imshow(_display(image), **kwargs)
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
@@ -23,7 +31,7 @@ def _show(ax, image: np.ndarray, title: str | None = None, **kwargs) -> None:
 
 
 def _upsample(grid_map: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """Nearest-neighbour upsampling of a ``(h, w[, 3])`` map to the image size (cells stay visible)."""
+    """Nearest-neighbour upsampling of a ``(w, h[, 3])`` map to the image size (cells stay visible)."""
     rows = np.arange(size[0]) * grid_map.shape[0] // size[0]
     cols = np.arange(size[1]) * grid_map.shape[1] // size[1]
     return grid_map[rows][:, cols]
@@ -38,8 +46,8 @@ def _show_similarity(ax, similarity: np.ndarray, size: Sequence[int], title: str
 
 
 def _mark(ax, anchor: tuple[int, int], grid: Sequence[int], size: Sequence[int]) -> None:
-    cy = (anchor[0] + 0.5) * size[0] / grid[0]
-    cx = (anchor[1] + 0.5) * size[1] / grid[1]
+    cx = (anchor[0] + 0.5) * size[0] / grid[0]
+    cy = (anchor[1] + 0.5) * size[1] / grid[1]
     ax.plot([cx], [cy], marker="+", color="red", markersize=8, markeredgewidth=1.5)
 
 
@@ -57,11 +65,11 @@ def method_panel(
 
     Args:
         title: figure title (method, checkpoint, budget).
-        images: ``(B, H, W)`` in [0, 1].
-        similarity: ``(B, h, w)`` cosine similarity in [-1, 1] (each map shown over its own range, printed).
-        pca: ``(B, h, w, 3)`` in [0, 1].
-        anchor: (row, column) of the anchor cell on the feature grid.
-        attention: ``(B, heads, h', w')`` or None.
+        images: ``(B, W, H)`` in [0, 1].
+        similarity: ``(B, w, h)`` cosine similarity in [-1, 1] (each map shown over its own range, printed).
+        pca: ``(B, w, h, 3)`` in [0, 1].
+        anchor: index of the anchor cell on the feature grid (axis 0, axis 1).
+        attention: ``(B, heads, w', h')`` or None.
         max_heads: heads shown.
     """
     b = images.shape[0]
@@ -78,7 +86,8 @@ def method_panel(
         for k in range(heads):
             a = attention[i, k]
             _show(axes[i, 3 + k], images[i], f"attn head {k}" if i == 0 else None, cmap="gray", vmin=0, vmax=1)
-            axes[i, 3 + k].imshow(_upsample(a / max(a.max(), 1e-12), size), cmap="inferno", alpha=0.6, vmin=0, vmax=1)
+            axes[i, 3 + k].imshow(_display(_upsample(a / max(a.max(), 1e-12), size)), cmap="inferno", alpha=0.6,
+                                  vmin=0, vmax=1)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     return fig
@@ -91,8 +100,8 @@ def comparison_panel(
 
     Args:
         title: figure title.
-        images: ``(B, H, W)`` in [0, 1] (first row).
-        rows: method label -> maps: ``(B, h, w)`` for ``kind`` "similarity" / "attention", ``(B, h, w, 3)`` for "pca".
+        images: ``(B, W, H)`` in [0, 1] (first row).
+        rows: method label -> maps: ``(B, w, h)`` for ``kind`` "similarity" / "attention", ``(B, w, h, 3)`` for "pca".
         kind: ``"similarity"``, ``"pca"`` or ``"attention"``.
         anchor: anchor cell (similarity), marked on the images.
     """
@@ -117,7 +126,8 @@ def comparison_panel(
                 _show(axes[i, j], _upsample(m, size))
             else:
                 _show(axes[i, j], images[j], cmap="gray", vmin=0, vmax=1)
-                axes[i, j].imshow(_upsample(m / max(m.max(), 1e-12), size), cmap="inferno", alpha=0.6, vmin=0, vmax=1)
+                axes[i, j].imshow(_display(_upsample(m / max(m.max(), 1e-12), size)), cmap="inferno", alpha=0.6,
+                                  vmin=0, vmax=1)
         axes[i, 0].set_ylabel(label, fontsize=6)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.96))

@@ -1,12 +1,15 @@
-"""Read DICOM instances and series (pydicom 2 or 3) into :class:`RawImage`.
+"""Decode DICOM instances and series (pydicom 2 or 3) into :class:`~dissect_monai.data.decoded.DecodedImage`.
 
-Geometry conventions:
-- a single-frame instance is 2D: values ``(1, rows, columns)``, affine = diag(row spacing, column spacing, 1, 1)
+Geometry conventions (MONAI's axis order, as ``PydicomReader(swap_ij=True)`` and ``ITKReader``):
+- a single-frame instance is 2D: array ``(columns, rows)``, affine = diag(column spacing, row spacing, 1, 1)
   from ``PixelSpacing`` (else ``ImagerPixelSpacing``; 1 mm when absent or zero);
 - a series, or a multi-frame instance with more than one frame, is a volume in DICOM voxel order
-  ``(1, columns, rows, slices)`` with slices sorted along the slice normal and an LPS->RAS affine, the same
-  grid as MONAI's ``ITKReader``; multi-frame geometry comes from the functional groups when present.
-Only de-identified metadata leaves this module (see :data:`SAFE_TAGS`): never patient name, id, birth date.
+  ``(columns, rows, slices)`` with slices sorted along the slice normal and an LPS->RAS affine;
+  multi-frame geometry comes from the functional groups when present.
+Values have the Modality LUT applied (RescaleSlope/Intercept, per frame, or a Modality LUT Sequence); the VOI
+window or LUT and the photometric interpretation go into the metadata for
+:class:`dissect_monai.transforms.MedicalIntensityd`. Only de-identified metadata leaves this module (see
+:data:`SAFE_TAGS`): never patient name, id, birth date.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from dissect_monai.transforms.errors import ImageLoadError
-from dissect_monai.transforms.raw_image import RawImage
+from dissect_monai.data.decoded import DecodedImage, intensity_hints
+from dissect_monai.data.errors import ImageLoadError
 
 try:  # pydicom >= 3
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -180,18 +183,24 @@ def _window(ds: pydicom.Dataset, frame: int) -> tuple[float, float, str] | None:
     return center, width, str(function).upper()
 
 
-def _voi_lut(ds: pydicom.Dataset):
-    """Callable applying the first stored VOI LUT (normalised by its output bit depth), or None."""
+def _voi_lut(ds: pydicom.Dataset, filename) -> tuple[np.ndarray, int] | None:
+    """The first stored VOI LUT as ``(table normalised by its output bit depth to [0, 1], first mapped value)``."""
     if "VOILUTSequence" not in ds or not len(ds.VOILUTSequence):
         return None
     item = ds.VOILUTSequence[0]
-    bits = int(item.LUTDescriptor[2]) if "LUTDescriptor" in item else 16
+    try:
+        entries, first, bits = (int(v) for v in item.LUTDescriptor)
+        entries = entries or 65536  # PS3.3 C.11.2.1.1: 0 means 2**16 entries
+        inputs = np.arange(first, first + entries, dtype=np.int64)
+        table = np.asarray(apply_voi_lut(inputs, ds, index=0, prefer_lut=True), dtype=np.float32)
+    except Exception as e:  # a malformed descriptor or table raises many types inside pydicom
+        raise ImageLoadError(filename, f"unusable VOI LUT Sequence ({type(e).__name__}: {e})") from e
+    return np.clip(table / np.float32(2**bits - 1), 0.0, 1.0), first
 
-    def lut(values: np.ndarray) -> np.ndarray:
-        out = np.asarray(apply_voi_lut(np.rint(values).astype(np.int64), ds, index=0, prefer_lut=True))
-        return np.clip(out.astype(np.float32) / np.float32(2**bits - 1), 0.0, 1.0)
 
-    return lut
+def _hints(ds: pydicom.Dataset, filename, modality: str) -> dict:
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    return intensity_hints(modality, photometric, _window(ds, 0), _voi_lut(ds, filename))
 
 
 def sop_instance_uid(ds: pydicom.Dataset) -> str:
@@ -262,22 +271,16 @@ def _frame_positions(ds: pydicom.Dataset, orientation, frames: int) -> np.ndarra
     return None
 
 
-def _single_instance(ds: pydicom.Dataset, filename) -> RawImage:
+def _single_instance(ds: pydicom.Dataset, filename) -> DecodedImage:
     stored = _decode(ds, filename)
     values = _modality_values(ds, stored, filename)
     spacing, spacing_source = _pixel_spacing(ds)
     meta = _safe_meta(ds)
     meta.update(SOPInstanceUID=sop_instance_uid(ds), spacing_source=spacing_source)
-    common = dict(
-        filename=filename,
-        modality=meta["Modality"],
-        window=_window(ds, 0),
-        voi_lut=_voi_lut(ds),
-        invert=str(ds.PhotometricInterpretation).strip().upper() == "MONOCHROME1",
-    )
-    if values.shape[0] == 1:
-        affine = np.diag([spacing[0], spacing[1], 1.0, 1.0])
-        return RawImage(values=values, affine=affine, meta=meta, **common)
+    meta.update(_hints(ds, filename, meta["Modality"]))
+    if values.shape[0] == 1:  # (1, rows, columns) -> (columns, rows); axis 0 runs along a row: column spacing
+        affine = np.diag([spacing[1], spacing[0], 1.0, 1.0])
+        return DecodedImage(array=np.ascontiguousarray(values[0].T), affine=affine, meta=meta)
     orientation = _frame_attr(ds, 0, "PlaneOrientationSequence", "ImageOrientationPatient")
     fallback_gap = _frame_attr(ds, 0, "PixelMeasuresSequence", "SpacingBetweenSlices") or \
         _frame_attr(ds, 0, "PixelMeasuresSequence", "SliceThickness") or 1.0
@@ -290,12 +293,11 @@ def _single_instance(ds: pydicom.Dataset, filename) -> RawImage:
         affine = _volume_affine(orientation, positions, spacing, gap)
     else:  # frames without patient geometry (cine, US): keep acquisition order
         affine = _LPS_TO_RAS @ np.diag([spacing[1], spacing[0], float(fallback_gap), 1.0])
-    meta["spacing_source"] = spacing_source
-    values = np.ascontiguousarray(values.transpose(2, 1, 0))[None]  # (frames, rows, columns) -> (1, C, R, F)
-    return RawImage(values=values, affine=affine, meta=meta, **common)
+    values = np.ascontiguousarray(values.transpose(2, 1, 0))  # (frames, rows, columns) -> (columns, rows, frames)
+    return DecodedImage(array=values, affine=affine, meta=meta)
 
 
-def _series(paths: Sequence[str], filename, series_uid: str | None) -> RawImage:
+def _series(paths: Sequence[str], filename, series_uid: str | None) -> DecodedImage:
     datasets = [read_dicom_header(p) for p in paths]
     if len(datasets) > 1:  # a folder may also hold DICOMDIR, SR, KO or PR objects: not slices
         datasets = [ds for ds in datasets if "Rows" in ds]
@@ -333,24 +335,19 @@ def _series(paths: Sequence[str], filename, series_uid: str | None) -> RawImage:
     fallback = float(datasets[0].get("SpacingBetweenSlices") or datasets[0].get("SliceThickness") or 1.0)
     gap = _slice_gap(positions @ normal, filename, fallback)
     slices = [_modality_values(ds, _decode(ds, ds.filename), ds.filename)[0] for ds in datasets]
-    values = np.stack(slices, axis=-1).transpose(1, 0, 2)[None]  # (1, columns, rows, slices)
+    values = np.stack(slices, axis=-1).transpose(1, 0, 2)  # (columns, rows, slices)
     middle = datasets[len(datasets) // 2]
     meta = _safe_meta(middle)
     meta.update(SOPInstanceUID="\\".join(sop_instance_uid(ds) for ds in datasets),
                 spacing_source=spacing_source)
-    return RawImage(
-        values=np.ascontiguousarray(values),
-        affine=_volume_affine(orientation, positions, spacing, gap),
-        meta=meta,
-        filename=filename,
-        modality=meta["Modality"],
-        window=_window(middle, 0),
-        voi_lut=_voi_lut(middle),
-        invert=str(middle.PhotometricInterpretation).strip().upper() == "MONOCHROME1",
-    )
+    meta.update(_hints(middle, filename, meta["Modality"]))
+    return DecodedImage(array=np.ascontiguousarray(values), affine=_volume_affine(orientation, positions, spacing, gap),
+                        meta=meta)
 
 
-def read_dicom(source: str | os.PathLike | Sequence[str | os.PathLike], series_uid: str | None = None) -> RawImage:
+def read_dicom(
+    source: str | os.PathLike | Sequence[str | os.PathLike], series_uid: str | None = None
+) -> DecodedImage:
     """Read one DICOM file, a series directory, or a list of files of one series.
 
     Args:
@@ -358,7 +355,7 @@ def read_dicom(source: str | os.PathLike | Sequence[str | os.PathLike], series_u
         series_uid: pick this SeriesInstanceUID when the input mixes several series.
 
     Returns:
-        :class:`RawImage` with modality values (see the module docstring for shapes and affines).
+        modality values in MONAI's axis order (see the module docstring for shapes and affines).
 
     Raises:
         ImageLoadError: missing/unreadable/truncated files, no pixel data, unsupported photometric

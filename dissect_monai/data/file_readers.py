@@ -1,4 +1,4 @@
-"""Read PNG/JPEG (Pillow) and NIfTI (nibabel) into :class:`RawImage`."""
+"""Decode PNG/JPEG/TIFF (Pillow) and NIfTI (nibabel) into :class:`~dissect_monai.data.decoded.DecodedImage`."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from dissect_monai.transforms.errors import ImageLoadError
-from dissect_monai.transforms.raw_image import RawImage
+from dissect_monai.data.decoded import DecodedImage, check_finite, intensity_hints
+from dissect_monai.data.errors import ImageLoadError
 
 __all__ = ["RASTER_SUFFIXES", "NIFTI_SUFFIXES", "read_raster", "read_nifti"]
 
@@ -18,12 +18,12 @@ RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
-def read_raster(path: str | os.PathLike) -> RawImage:
-    """Read a PNG/JPEG/TIFF as grayscale ``(1, H, W)`` (rows first), identity affine.
+def read_raster(path: str | os.PathLike) -> DecodedImage:
+    """Read a PNG/JPEG/TIFF as grayscale ``(W, H)`` (first axis = column, as MONAI's ``PILReader``), identity affine.
 
     RGB(A) and palette images are converted to luminance (identical channels, as in Kermany's JPEGs,
-    come out unchanged); 16-bit images keep their depth and "unit" divides by the bit depth's maximum;
-    32-bit integer/float images (TIFF) keep their values and "unit" uses a percentile window.
+    come out unchanged); 16-bit images keep their depth and ``full_scale`` is 65535 (255 for 8-bit);
+    32-bit integer/float images (TIFF) keep their values and have no full scale (a percentile window is used).
 
     Raises:
         ImageLoadError: missing, unidentifiable or truncated files.
@@ -46,12 +46,13 @@ def read_raster(path: str | os.PathLike) -> RawImage:
         raise ImageLoadError(path, "not a readable image (unknown or corrupt format)") from e
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
         raise ImageLoadError(path, f"cannot decode image ({type(e).__name__}: {e})") from e
-    meta = {"source_format": "raster", "source_mode": mode}
-    return RawImage(values=array[None], affine=np.eye(4), meta=meta, filename=str(path), unit_scale=scale)
+    check_finite(array, path, "in the decoded pixel values")
+    meta = {"source_format": "raster", "source_mode": mode, **intensity_hints(full_scale=scale)}
+    return DecodedImage(array=np.ascontiguousarray(array.T), affine=np.eye(4), meta=meta)
 
 
-def read_nifti(path: str | os.PathLike) -> RawImage:
-    """Read a NIfTI file with its affine: 2D ``(1, X, Y)``, 3D ``(1, X, Y, Z)``, 4D ``(T, X, Y, Z)``.
+def read_nifti(path: str | os.PathLike) -> DecodedImage:
+    """Read a NIfTI file with its affine: 2D ``(X, Y)``, 3D ``(X, Y, Z)``, 4D ``(X, Y, Z, T)`` (channel last).
 
     Values are the scaled data (``scl_slope``/``scl_inter`` applied), voxel order and affine as stored
     (nibabel's RAS world), so orientation and spacing are kept.
@@ -68,12 +69,9 @@ def read_nifti(path: str | os.PathLike) -> RawImage:
         raise ImageLoadError(path, f"cannot read NIfTI ({type(e).__name__}: {e})") from e
     data = np.squeeze(data, axis=tuple(range(3, data.ndim))) if data.ndim > 3 and data.shape[3:] == (1,) * (
         data.ndim - 3) else data
-    if data.ndim in (2, 3):
-        values = data[None]
-    elif data.ndim == 4:
-        values = np.moveaxis(data, -1, 0)
-    else:
+    if data.ndim not in (2, 3, 4):
         raise ImageLoadError(path, f"unsupported NIfTI shape {data.shape} (need 2D, 3D or 4D)")
-    meta = {"source_format": "nifti"}
-    return RawImage(values=np.ascontiguousarray(values), affine=np.asarray(img.affine, dtype=np.float64),
-                    meta=meta, filename=str(path))
+    check_finite(data, path, "in the decoded pixel values")
+    meta = {"source_format": "nifti", **intensity_hints()}
+    return DecodedImage(array=np.ascontiguousarray(data), affine=np.asarray(img.affine, dtype=np.float64),
+                        meta=meta, channel_dim=-1 if data.ndim == 4 else None)
