@@ -178,6 +178,10 @@ class InferenceNode:
         )
         ae._servers.append(self._scp)  # as AE.start_server does: AssociationServer.shutdown() removes it again
         self._http = ThreadingHTTPServer((self.config.health_host, self.config.health_port), self._http_handler())
+        # a job's forked child (JobRunner's timeout) must not keep the listening sockets: after a SIGKILL of the
+        # node it would still hold the port, and the restarted node could not bind it
+        listeners = (self._scp.socket, self._http.socket)
+        os.register_at_fork(after_in_child=lambda: [sock.close() for sock in listeners])
         self._threads = [
             threading.Thread(target=self._scp.serve_forever, name="dicom", daemon=True),
             threading.Thread(target=self._http.serve_forever, name="health", daemon=True),
