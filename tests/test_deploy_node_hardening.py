@@ -381,11 +381,12 @@ def test_worker_survives_unwritable_reason_file(tmp_path, bundles, runners, data
 
 
 def test_health_reports_a_stuck_worker(tmp_path, data_root):
-    """A job (a 20-slice CT series) longer than ``health_stuck_seconds`` makes /health answer 503 "stuck" while it
-    runs, and "ok" again once it has finished."""
+    """A job (a 20-slice CT series, seconds) longer than ``health_stuck_seconds`` (0.5 s; the idle loop beats every
+    0.05 s) makes /health answer 503 "stuck" while it runs, and "ok" again once it has finished."""
     bundle = make_tiny_bundle(tmp_path / "bundles", "ct_segmentation")
     pipelines = [{"name": "ct", "bundle": str(bundle), "output": "seg", "rules": CT_RULES}]
-    path = node_config_file(tmp_path / "node.yaml", tmp_path / "spool", pipelines, health_stuck_seconds=2.0)
+    path = node_config_file(tmp_path / "node.yaml", tmp_path / "spool", pipelines, health_stuck_seconds=0.5,
+                            poll_seconds=0.05)
     node = InferenceNode(load_node_config(path), runners={"ct": BundleRunner(bundle)})
     node.start()
     seen = []
