@@ -1,21 +1,11 @@
-"""PACS round-trip benchmark: a private Orthanc 1.10 and the inference node on 127.0.0.1, real DICOM studies.
+"""PACS round-trip benchmark: a private Orthanc 1.10 and the inference node on 127.0.0.1, real DICOM studies
+(SIIM chest CR, pydicom-data's RG1_UNCR, the TotalSegmentator CT series, under fresh UIDs), with the pipelines of
+the node config. Measures latency (last instance acknowledged by the node -> all results in Orthanc, p50 / p95,
+CR and CT, stable-study wait included), throughput with concurrent senders, and the slot-exhaustion recovery time
+(16 silent connections plus one half PDU, until a real association succeeds). Bundles without ``models/model.pt``
+run with random weights (``--allow-untrained``): timings only.
 
-Measures, with the pipelines of the node config (default ``configs/deploy/node.yaml``: chest CR/DX ->
-classification SR + lung SEG, CT -> SEG):
-
-* per-study latency from the moment the last instance of a study was acknowledged by the node (Orthanc's
-  synchronous C-STORE to the node returned) to the moment all of its results are stored in Orthanc (polled every
-  0.1 s), p50 / p95, for chest CR studies and for the 20-slice CT series; the node's stable-study wait is part of
-  it and reported separately;
-* throughput in studies/min when several senders (pynetdicom SCUs, one association each) push CR studies to the
-  node at once, from the first instance sent to the last result stored in Orthanc.
-
-Studies are the real SIIM chest CR, pydicom-data's chest CR (RG1_UNCR) and the TotalSegmentator CT series, each
-sent under fresh Study/Series/SOP Instance UIDs (pixels untouched). Bundles without trained weights
-(``models/model.pt``) are run with a random initialisation of their own ``network_def`` (``--allow-untrained``):
-the timings then hold for the real configs and architectures, the predictions mean nothing; the JSON says which.
-
-    python scripts/benchmark_pacs.py --cr-studies 10 --ct-studies 3 --senders 4 --studies-per-sender 5
+    python scripts/benchmark_pacs.py --cr-studies 10 --ct-studies 3 --senders 8 --studies-per-sender 5
 """
 
 from __future__ import annotations
@@ -26,10 +16,12 @@ import json
 import logging
 import os
 import platform
+import socket
+import sys
 import tempfile
-import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,16 +31,20 @@ import torch
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from pynetdicom import AE
+from pynetdicom.sop_class import Verification
 
 from dissect_monai.data import default_data_root
-from dissect_monai.deploy.bundle_runner import untrained_copy
 from dissect_monai.deploy.config import DestinationConfig, load_node_config
-from dissect_monai.dicom.uids import assign_missing_uids
 from dissect_monai.deploy.jobs import series_matches
 from dissect_monai.deploy.node import InferenceNode
-from dissect_monai.deploy.orthanc import LocalOrthanc, free_port, wait_for
+from dissect_monai.dicom.uids import assign_missing_uids
 
 REPO = Path(__file__).resolve().parents[1]
+# tests/harness (Orthanc harness, untrained bundle copies) is test infrastructure shared with the deploy tests
+sys.path.insert(0, str(REPO / "tests"))
+from harness.bundles import untrained_copy  # noqa: E402
+from harness.orthanc import LocalOrthanc, free_port, wait_for  # noqa: E402
+
 SIIM_CR = Path("dicom-samples", "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm")  # under the data root
 CT_SERIES = Path("totalseg-ct", "example_ct_dicom")
 
@@ -63,22 +59,17 @@ def _fresh_study(template: list[pydicom.Dataset]) -> list[bytes]:
     """The instances of ``template`` (one study) under new Study / Series / SOP Instance UIDs."""
     study, series = generate_uid(), generate_uid()
     out = []
-    for ds in template:
-        copy = pydicom.dcmread(io.BytesIO(_encode(ds)))
-        copy.StudyInstanceUID, copy.SeriesInstanceUID = study, series
-        copy.SOPInstanceUID = copy.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        out.append(_encode(copy))
+    for ds in template:  # the template's UIDs are overwritten: every call sets all three anew
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        out.append(_encode(ds))
     return out
 
 
 def _expected_results(node: InferenceNode, header: pydicom.Dataset) -> dict[str, int]:
     """Result modality -> count the node's pipelines produce for a study of this series."""
-    counts: dict[str, int] = {}
-    for pipeline in node.config.pipelines:
-        if series_matches(header, pipeline.rules):
-            modality = "SR" if pipeline.output == "sr" else "SEG"
-            counts[modality] = counts.get(modality, 0) + 1
-    return counts
+    outputs = [p.output for p in node.config.pipelines if series_matches(header, p.rules)]
+    return {modality: outputs.count(o) for o, modality in (("sr", "SR"), ("seg", "SEG")) if o in outputs}
 
 
 def _results_stored(orthanc: LocalOrthanc, study_uid: str, expected: dict[str, int]) -> bool:
@@ -88,7 +79,7 @@ def _results_stored(orthanc: LocalOrthanc, study_uid: str, expected: dict[str, i
 def _percentiles(values: list[float]) -> dict[str, float]:
     array = np.asarray(values, dtype=float)
     return {"n": int(array.size), "p50_s": float(np.percentile(array, 50)), "p95_s": float(np.percentile(array, 95)),
-            "mean_s": float(array.mean()), "min_s": float(array.min()), "max_s": float(array.max())}
+            "mean_s": float(array.mean()), "max_s": float(array.max())}
 
 
 def measure_latency(orthanc: LocalOrthanc, node: InferenceNode, template: list[pydicom.Dataset], studies: int,
@@ -104,10 +95,8 @@ def measure_latency(orthanc: LocalOrthanc, node: InferenceNode, template: list[p
         received = time.perf_counter()
         if answer.get("FailedInstancesCount"):
             raise RuntimeError(f"Orthanc could not send {answer['FailedInstancesCount']} instance(s) to the node")
-        wait_for(lambda: _results_stored(orthanc, study_uid, expected), timeout, interval=0.1,
-                 what="results in Orthanc")
+        wait_for(lambda: _results_stored(orthanc, study_uid, expected), timeout, interval=0.1, what="results")
         latencies.append(time.perf_counter() - received)
-        logging.info("study done in %.2f s", latencies[-1])
     return latencies
 
 
@@ -125,96 +114,87 @@ def measure_throughput(orthanc: LocalOrthanc, node: InferenceNode, templates: li
         for sop_class, syntax in sorted({(str(h.SOPClassUID), str(h.file_meta.TransferSyntaxUID)) for h in headers}):
             ae.add_requested_context(sop_class, syntax)
         assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.config.ae_title)
-        if not assoc.is_established:
-            errors.append(f"sender {index}: association failed")
-            return
-        for study in work[index]:
-            for data in study:
-                status = assoc.send_c_store(pydicom.dcmread(io.BytesIO(data)))
-                if getattr(status, "Status", None) != 0x0000:
-                    errors.append(f"sender {index}: C-STORE status {status}")
-        assoc.release()
+        statuses = [getattr(assoc.send_c_store(pydicom.dcmread(io.BytesIO(data))), "Status", None)
+                    for study in work[index] for data in study] if assoc.is_established else ["no association"]
+        errors.extend(f"sender {index}: C-STORE status {status}" for status in statuses if status != 0x0000)
+        if assoc.is_established:
+            assoc.release()
 
     study_uids = [pydicom.dcmread(io.BytesIO(s[0]), stop_before_pixels=True).StudyInstanceUID for w in work for s in w]
     started = time.perf_counter()
-    threads = [threading.Thread(target=push, args=(i,)) for i in range(senders)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(senders) as pool:
+        list(pool.map(push, range(senders)))
     sent = time.perf_counter()
     if errors:
         raise RuntimeError("; ".join(errors))
-    wait_for(lambda: all(_results_stored(orthanc, uid, expected) for uid in study_uids), timeout, interval=0.5,
-             what="every study's results in Orthanc")
+    wait_for(lambda: all(_results_stored(orthanc, uid, expected) for uid in study_uids), timeout, 0.5, "results")
     elapsed = time.perf_counter() - started
     return {"senders": senders, "studies": len(study_uids), "send_s": sent - started, "elapsed_s": elapsed,
             "studies_per_min": 60.0 * len(study_uids) / elapsed}
 
 
+def measure_slot_recovery(node: InferenceNode, idle: int = 16, timeout: float = 300.0) -> float:
+    """Seconds until a real association succeeds while ``idle`` silent connections and one half PDU are open."""
+    sockets = [socket.create_connection(("127.0.0.1", node.dicom_port)) for _ in range(idle + 1)]
+    sockets[-1].sendall(b"\x01\x00\x00\x00\x01\x00\x00\x01")  # an A-ASSOCIATE-RQ header, 2 of 256 bytes
+    ae = AE(ae_title="SENDER0")
+    ae.add_requested_context(Verification)
+    started = time.perf_counter()
+    try:
+        assoc = wait_for(lambda: (a := ae.associate("127.0.0.1", node.dicom_port, ae_title=node.config.ae_title))
+                         .is_established and a, timeout, interval=0.2, what="a free association slot")
+        assoc.release()
+        return time.perf_counter() - started
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def _bundles(config, scratch: Path, allow_untrained: bool) -> tuple[list, dict[str, bool]]:
-    pipelines, trained = [], {}
-    for pipeline in config.pipelines:
-        has_weights = (pipeline.bundle / pipeline.model_file).is_file()
-        trained[pipeline.name] = has_weights
-        if has_weights:
-            pipelines.append(pipeline)
-        elif allow_untrained:
-            pipelines.append(replace(pipeline, bundle=untrained_copy(pipeline.bundle, scratch)))
-        else:
-            raise SystemExit(f"{pipeline.bundle}: no {pipeline.model_file}; train it or pass --allow-untrained")
-    return pipelines, trained
+    trained = {p.name: (p.bundle / p.model_file).is_file() for p in config.pipelines}
+    missing = [str(p.bundle / p.model_file) for p in config.pipelines if not trained[p.name]]
+    if missing and not allow_untrained:
+        raise SystemExit(f"no trained weights: {', '.join(missing)}; train them or pass --allow-untrained")
+    return [p if trained[p.name] else replace(p, bundle=untrained_copy(p.bundle, scratch))
+            for p in config.pipelines], trained
 
 
 def _markdown(report: dict) -> str:
+    env, t = report["environment"], report["throughput"]
     lines = [
-        "# PACS round trip: Orthanc 1.10 -> inference node -> Orthanc",
-        "",
-        f"Generated by `scripts/benchmark_pacs.py` on {report['environment']['date']} "
-        f"({report['environment']['cpus']} CPU cores shared with other jobs, torch threads "
-        f"{report['environment']['torch_threads']}, stable-study wait {report['stable_seconds']} s).",
-        "",
-        "Latency = last instance of a study acknowledged by the node -> all of the study's results stored in "
-        "Orthanc (includes the stable-study wait).",
-        "",
+        "# PACS round trip: Orthanc 1.10 -> inference node -> Orthanc", "",
+        f"Generated by `scripts/benchmark_pacs.py` on {env['date']} ({env['cpus']} CPU cores shared with other jobs, "
+        f"torch threads {env['torch_threads']}, stable-study wait {report['stable_seconds']} s). Latency = last "
+        "instance of a study acknowledged by the node -> all its results stored in Orthanc (wait included).", "",
         "| studies | results per study | n | p50 (s) | p95 (s) | p50 minus stable wait (s) |",
         "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for name, entry in report["latency"].items():
-        lines.append(
-            f"| {name} | {entry['results']} | {entry['n']} | {entry['p50_s']:.2f} | {entry['p95_s']:.2f} | "
-            f"{entry['p50_s'] - report['stable_seconds']:.2f} |"
-        )
-    t = report["throughput"]
-    lines += [
-        "",
-        f"Throughput: {t['senders']} concurrent senders, {t['studies']} chest CR studies: "
+    ] + [
+        f"| {name} | {e['results']} | {e['n']} | {e['p50_s']:.2f} | {e['p95_s']:.2f} | "
+        f"{e['p50_s'] - report['stable_seconds']:.2f} |" for name, e in report["latency"].items()
+    ] + [
+        "", f"Throughput: {t['senders']} concurrent senders, {t['studies']} chest CR studies: "
         f"**{t['studies_per_min']:.1f} studies/min** ({t['elapsed_s']:.1f} s from first instance sent to last "
-        f"result stored; sending took {t['send_s']:.1f} s; jobs run one at a time, models loaded once).",
-        "",
+        f"result stored; sending took {t['send_s']:.1f} s; jobs run one at a time, models loaded once).", "",
+        f"Slot exhaustion: 16 silent connections and one half PDU held slots; a real association succeeded "
+        f"after **{report['slot_recovery_s']:.1f} s** (network timeout {report['network_timeout_s']:.0f} s).", "",
         "Weights: " + ", ".join(f"{k}: {'trained' if v else 'random init (timing only)'}"
-                                for k, v in report["trained_weights"].items()) + ".",
-        "",
+                                for k, v in report["trained_weights"].items()) + ".", "",
     ]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for flag, default in (("--cr-studies", 10), ("--ct-studies", 3), ("--senders", 8), ("--studies-per-sender", 5),
+                          ("--stable-seconds", 2.0), ("--torch-threads", 2), ("--timeout", 900.0)):
+        parser.add_argument(flag, type=type(default), default=default)
     parser.add_argument("--config", default=str(REPO / "configs" / "deploy" / "node.yaml"))
-    parser.add_argument("--cr-studies", type=int, default=10)
-    parser.add_argument("--ct-studies", type=int, default=3)
-    parser.add_argument("--senders", type=int, default=4)
-    parser.add_argument("--studies-per-sender", type=int, default=5)
-    parser.add_argument("--stable-seconds", type=float, default=2.0)
-    parser.add_argument("--torch-threads", type=int, default=2)
-    parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--allow-untrained", action="store_true")
     parser.add_argument("--out", default=str(REPO / "results" / "pacs"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    for chatty in ("pynetdicom", "highdicom"):
-        logging.getLogger(chatty).setLevel(logging.WARNING)
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # the slot measurement's sockets make it shout
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
     warnings.simplefilter("ignore", UserWarning)
 
     data = default_data_root()
@@ -232,36 +212,33 @@ def main() -> None:
             stable_seconds=args.stable_seconds, poll_seconds=0.1, torch_threads=args.torch_threads,
             allowed_calling_aets=["ORTHANC"] + [f"SENDER{i}" for i in range(args.senders)],
             destination=DestinationConfig(ae_title="ORTHANC", host="127.0.0.1", port=orthanc.dicom_port),
+            associations=replace(config.associations, max_associations_per_peer=args.senders + 1),
         )
         node = InferenceNode(config)
         node.start()
         try:
-            cr_latency = []
-            for k in range(args.cr_studies):
-                cr_latency += measure_latency(orthanc, node, [chest_crs[k % 2]], 1, args.timeout)
+            cr_latency = [measure_latency(orthanc, node, [chest_crs[k % 2]], 1, args.timeout)[0]
+                          for k in range(args.cr_studies)]
             ct_latency = measure_latency(orthanc, node, ct, args.ct_studies, args.timeout)
             throughput = measure_throughput(orthanc, node, [[c] for c in chest_crs], args.senders,
                                             args.studies_per_sender, args.timeout)
+            slot_recovery = measure_slot_recovery(node)
             health = node.health()
         finally:
             node.stop()
             orthanc.stop()
-    cr_results = _expected_results(node, chest_crs[0])
-    ct_results = _expected_results(node, ct[0])
     report = {
         "stable_seconds": args.stable_seconds,
-        "latency": {
-            "chest CR (1 image)": {**_percentiles(cr_latency), "results": "+".join(sorted(cr_results)),
-                                   "values_s": cr_latency},
-            "CT series (20 slices)": {**_percentiles(ct_latency), "results": "+".join(sorted(ct_results)),
-                                      "values_s": ct_latency},
-        },
-        "throughput": throughput,
-        "node_counts": health,
-        "trained_weights": trained,
+        "latency": {name: {**_percentiles(values), "results": "+".join(sorted(_expected_results(node, first))),
+                           "values_s": values}
+                    for name, values, first in (("chest CR (1 image)", cr_latency, chest_crs[0]),
+                                                ("CT series (20 slices)", ct_latency, ct[0]))},
+        "throughput": throughput, "slot_recovery_s": slot_recovery,
+        "network_timeout_s": config.associations.network_timeout_seconds,
+        "node_counts": health, "trained_weights": trained,
         "environment": {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
-                        "torch_threads": args.torch_threads,
-                        "torch": torch.__version__, "python": platform.python_version(), "orthanc": "1.10.1"},
+                        "torch_threads": args.torch_threads, "torch": torch.__version__,
+                        "python": platform.python_version(), "orthanc": "1.10.1"},
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

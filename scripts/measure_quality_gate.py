@@ -25,6 +25,7 @@ import argparse
 import csv
 import json
 import platform
+import sys
 import tempfile
 from pathlib import Path
 
@@ -33,10 +34,13 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from dissect_monai.data.datalists import default_data_root
-from dissect_monai.deploy.bundle_runner import BundleRunner, untrained_copy
+from dissect_monai.deploy.bundle_runner import BundleRunner
 from dissect_monai.networks.quality_gate import EmbeddingGate
 
 REPO = Path(__file__).resolve().parents[1]
+# tests/harness (untrained bundle copies) is test infrastructure, shared with scripts/benchmark_pacs.py
+sys.path.insert(0, str(REPO / "tests"))
+from harness.bundles import untrained_copy  # noqa: E402
 
 
 def _csv_images(root: Path, folder: str, limit: int | None = None, **match: str | tuple[str, ...]) -> list[Path]:

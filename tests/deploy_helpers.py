@@ -1,5 +1,5 @@
 """Helpers for the deploy tests: tiny real MONAI bundles, node configs, real DICOM copies (the Orthanc server
-helper is :mod:`dissect_monai.deploy.orthanc`, re-exported here).
+harness is :mod:`harness.orthanc`, re-exported here).
 
 The tiny bundles are complete MONAI bundles (metadata, YAML inference config with ``network_def``,
 ``preprocessing`` through ``LoadImaged(reader=MedicalImageReader)`` + ``MedicalIntensityd``, ``inferer``,
@@ -24,10 +24,11 @@ from monai.bundle import ConfigParser
 
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
 
-from dissect_monai.deploy.bundle_runner import untrained_copy
+from harness.bundles import untrained_copy
+from harness.orthanc import LocalOrthanc as Orthanc
+from harness.orthanc import free_port, orthanc_available, wait_for
+
 from dissect_monai.dicom.uids import assign_missing_uids
-from dissect_monai.deploy.orthanc import LocalOrthanc as Orthanc
-from dissect_monai.deploy.orthanc import free_port, orthanc_available, wait_for
 
 __all__ = ["Orthanc", "free_port", "orthanc_available", "wait_for", "make_tiny_bundle", "node_config_file",
            "ct_series_copy", "project_bundle", "ResultStore", "serve_node", "CR_RULES", "CT_RULES", "SIIM_CR",
@@ -155,7 +156,7 @@ def project_bundle(repo_root: Path, kind: str, scratch: Path) -> tuple[Path, boo
     """The project's bundle for ``kind`` and whether its trained weights are used.
 
     With ``models/model.pt`` present (trained by the bundle's train config) the bundle folder itself is returned;
-    otherwise :func:`dissect_monai.deploy.bundle_runner.untrained_copy` (real configs, random weights).
+    otherwise :func:`harness.bundles.untrained_copy` (real configs, random weights).
     """
     bundle = repo_root / "bundles" / REAL_BUNDLES[kind]
     if (bundle / "models" / "model.pt").is_file():

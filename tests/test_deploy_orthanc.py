@@ -30,8 +30,9 @@ from deploy_helpers import (
 )
 
 from dissect_monai.deploy.bundle_runner import BundleRunner
-from dissect_monai.deploy.config import load_node_config
+from dissect_monai.deploy.config import StowAuthConfig, load_node_config
 from dissect_monai.deploy.node import InferenceNode
+from dissect_monai.deploy.sender import SendError, send_stow_rs
 from dissect_monai.dicom.seg import label_map_to_frames
 from dissect_monai.dicom.sr import read_classification_sr
 
@@ -214,14 +215,21 @@ def test_sigkill_mid_job_results_reach_orthanc_exactly_once(tmp_path, bundles, c
 
 
 @pytest.mark.skipif(not orthanc_available(dicomweb=True), reason="no DICOMweb plugin: install `orthanc-dicomweb`")
-def test_results_also_sent_by_stow_rs(tmp_path, bundles, data_root):
-    """C-STORE to one PACS (a pynetdicom SCP) and STOW-RS to Orthanc's DICOMweb: both receive the results."""
+def test_results_also_sent_by_stow_rs(tmp_path, bundles, data_root, monkeypatch):
+    """C-STORE to one PACS (a pynetdicom SCP) and STOW-RS with HTTP basic auth to Orthanc's DICOMweb: both receive
+    the results; a wrong password is a send error (HTTP 401), not a silent loss."""
     pacs = ResultStore()
-    orthanc = Orthanc(tmp_path / "orthanc", "DISSECT_AI", free_port(), dicomweb=True)
+    orthanc = Orthanc(tmp_path / "orthanc", "DISSECT_AI", free_port(), dicomweb=True, users={"node": "stow-s3cret"})
+    stow_url = orthanc.url + "/dicom-web"
+    auth = {"kind": "basic", "username": "node", "password_env": "DISSECT_TEST_STOW_PASSWORD"}
+    monkeypatch.setenv("DISSECT_TEST_STOW_PASSWORD", "wrong")
+    with pytest.raises(SendError, match="HTTP 401"):
+        send_stow_rs([data_root / SIIM_CR], stow_url, StowAuthConfig(**auth))
+    monkeypatch.setenv("DISSECT_TEST_STOW_PASSWORD", "stow-s3cret")
     pipelines = _pipelines(bundles)[:1]
     path = node_config_file(
         tmp_path / "node.yaml", tmp_path / "spool", pipelines,
-        {"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port, "stow_url": orthanc.url + "/dicom-web"},
+        {"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port, "stow_url": stow_url, "stow_auth": auth},
     )
     node = InferenceNode(load_node_config(path))
     node.start()

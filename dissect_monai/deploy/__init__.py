@@ -1,7 +1,7 @@
 """PACS deployment: the DICOM inference node (``python -m dissect_monai.deploy``); its SEG / SR writers are
 :mod:`dissect_monai.dicom`."""
 
-from dissect_monai.deploy.bundle_runner import BundleError, BundleRunner, untrained_copy
+from dissect_monai.deploy.bundle_runner import BundleError, BundleRunner
 from dissect_monai.deploy.config import NodeConfig, PipelineConfig, load_node_config
 from dissect_monai.deploy.node import InferenceNode
 
@@ -12,5 +12,4 @@ __all__ = [
     "NodeConfig",
     "PipelineConfig",
     "load_node_config",
-    "untrained_copy",
 ]

@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for chatty in ("pynetdicom", "highdicom"):  # their INFO/DEBUG lines echo UIDs and dataset elements
         logging.getLogger(chatty).setLevel(logging.WARNING)
+    logging.getLogger("dicomweb_client").setLevel(logging.CRITICAL)  # its errors name instance UIDs; node logs why
     try:
         config = load_node_config(args.config, overrides=None if args.port is None else {"port": args.port})
         node = InferenceNode(config)

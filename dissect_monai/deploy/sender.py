@@ -1,17 +1,18 @@
-"""Deliver result instances: DICOM C-STORE (pynetdicom) and optionally DICOMweb STOW-RS."""
+"""Deliver result instances: DICOM C-STORE (pynetdicom) and optionally DICOMweb STOW-RS (dicomweb-client)."""
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import pydicom
 import requests
-from pynetdicom import AE
+from dicomweb_client.api import DICOMwebClient
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
 
-from dissect_monai.deploy.config import DestinationConfig
+from dissect_monai.deploy.config import DestinationConfig, StowAuthConfig
 
 __all__ = ["SendError", "send_c_store", "send_stow_rs"]
 
@@ -44,20 +45,37 @@ def send_c_store(
         ae.shutdown()
 
 
-def send_stow_rs(paths: Sequence[Path], url: str, timeout: float = 60.0) -> None:
-    """POST the files to ``<url>/studies`` as ``multipart/related; type="application/dicom"`` (PS3.18 STOW-RS)."""
-    boundary = uuid.uuid4().hex
-    body = b"".join(
-        b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + Path(p).read_bytes() + b"\r\n"
-        for p in paths
-    ) + b"--" + boundary.encode() + b"--\r\n"
-    headers = {
-        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-        "Accept": "application/dicom+json",
-    }
+def _stow_session(auth: StowAuthConfig | None) -> requests.Session:
+    """A requests session carrying the configured STOW-RS credentials (read from the environment)."""
+    session = requests.Session()
+    if auth is None:
+        return session
+    variable = auth.password_env if auth.kind == "basic" else auth.token_env
+    secret = os.environ.get(variable or "")
+    if not secret:
+        raise SendError(f"STOW-RS {auth.kind} auth: environment variable {variable!r} is not set")
+    if auth.kind == "basic":
+        session.auth = requests.auth.HTTPBasicAuth(auth.username or "", secret)
+    else:
+        session.headers["Authorization"] = f"Bearer {secret}"
+    return session
+
+
+def send_stow_rs(
+    paths: Sequence[Path], url: str, auth: StowAuthConfig | None = None, timeout: float = 60.0
+) -> None:
+    """STOW-RS the files to ``<url>/studies`` (PS3.18 10.5) with :class:`dicomweb_client.DICOMwebClient`.
+
+    Raises:
+        SendError: on a transport error, an HTTP error status, or a response listing failed instances (HTTP 202).
+    """
+    client = DICOMwebClient(url.rstrip("/"), session=_stow_session(auth), timeout=timeout)
     try:
-        response = requests.post(url.rstrip("/") + "/studies", data=body, headers=headers, timeout=timeout)
+        response = client.store_instances([pydicom.dcmread(p) for p in paths])
+    except requests.HTTPError as err:
+        raise SendError(f"STOW-RS to {url} returned HTTP {err.response.status_code}") from err
     except requests.RequestException as err:
         raise SendError(f"STOW-RS to {url} failed: {type(err).__name__}") from err
-    if response.status_code != 200:  # 202 means some instances were not stored
-        raise SendError(f"STOW-RS to {url} returned HTTP {response.status_code}")
+    failed = len(response.get("FailedSOPSequence", []))
+    if failed:
+        raise SendError(f"STOW-RS to {url}: {failed} of {len(paths)} instance(s) not stored")

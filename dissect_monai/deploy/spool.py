@@ -10,10 +10,16 @@ Layout under the spool root (every move is an atomic ``rename`` inside one file 
     done/<job>/                               inputs of jobs whose results exist
     failed/<job>/ + reason.txt                inputs of jobs that failed, with the reason
 
+Every folder is created 0700 and every file 0600 (received images are patient data; the node also sets its
+umask to 0077). ``done/`` and ``sent/`` are pruned oldest first by :meth:`Spool.prune`; ``failed/`` and
+``versions/`` (the per-study result versions of :mod:`dissect_monai.deploy.versions`) are never pruned.
+
 Late instances of a study whose job has run make a new job, which takes the earlier jobs' inputs back
 (:meth:`Spool.merge_prior_inputs`), so every job covers the whole study (see :mod:`dissect_monai.deploy.jobs`
-on result versions). A job's results appear in ``outbox/`` by one directory rename, so however often a job is
-restarted after a
+on result versions). Once retention has pruned a study's inputs from ``done/``, a late instance is processed
+without them: its job covers only what is still in the spool, and its results are still the next version of
+the study's result series. A job's results appear in ``outbox/`` by one directory rename, so however often a
+job is restarted after a
 crash, at most one result set exists for it; a job found in ``processing/`` at start is finished again unless
 its results already exist. Job names are a hash of the StudyInstanceUID plus a counter: no UID, and no patient
 identifier, ever appears in a log line.
@@ -22,6 +28,7 @@ identifier, ever appears in a log line.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import threading
@@ -36,6 +43,8 @@ from dissect_monai.dicom.uids import sanitise_uid
 
 __all__ = ["Spool"]
 
+logger = logging.getLogger(__name__)
+
 _AREAS = ("tmp", "incoming", "processing", "outbox", "sent", "done", "failed")
 
 
@@ -48,10 +57,14 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _write_durable(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 class Spool:
@@ -59,8 +72,11 @@ class Spool:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.root.chmod(0o700)
         for area in _AREAS:
-            (self.root / area).mkdir(parents=True, exist_ok=True)
+            (self.root / area).mkdir(mode=0o700, exist_ok=True)
+            (self.root / area).chmod(0o700)  # also a spool created by an older version with 0755 folders
         for leftover in (self.root / "tmp").iterdir():
             shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
         for leftover in (self.root / "outbox").glob(".*.partial"):
@@ -86,7 +102,7 @@ class Spool:
         with self._lock:  # against claim_stable_studies moving the study folder away meanwhile
             folder = self.root / "incoming" / study / series
             created = not folder.exists()
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             target = folder / name
             os.replace(partial, target)
             self._last_arrival[study] = time.time()
@@ -101,8 +117,9 @@ class Spool:
         return target
 
     def incoming_count(self) -> int:
-        """Number of instances waiting in ``incoming/``."""
-        return sum(1 for _ in (self.root / "incoming").glob("*/*/*.dcm"))
+        """Number of instances waiting in ``incoming/`` (under the lock: a claim renames study folders away)."""
+        with self._lock:
+            return sum(1 for _ in (self.root / "incoming").glob("*/*/*.dcm"))
 
     # ---------------------------------------------------------------- jobs
     def claim_stable_studies(self, stable_seconds: float) -> list[str]:
@@ -174,7 +191,7 @@ class Spool:
             staging = self.root / "outbox" / f".{job}.partial"
             if staging.exists():
                 shutil.rmtree(staging)
-            staging.mkdir()
+            staging.mkdir(mode=0o700)
             for count, ds in enumerate(results, start=1):
                 path = staging / f"{count:03d}.dcm"
                 ds.save_as(path, enforce_file_format=True)
@@ -197,16 +214,58 @@ class Spool:
 
     def fail(self, job: str, reason: str, results: Iterable[Dataset] = ()) -> int:
         """Publish ``results`` (e.g. a report saying the study could not be processed) as :meth:`complete` does,
-        then move the job's inputs to ``failed/`` with a ``reason.txt``; returns the number published now."""
-        count = self._publish(job, results)
-        _write_durable(self.root / "processing" / job / "reason.txt", reason.encode("utf-8", "replace"))
+        then move the job's inputs to ``failed/`` with a ``reason.txt``; returns the number published now.
+
+        The move is a rename and needs no space: when the results or the reason cannot be written (a full disk),
+        the job is still retired, without them, and the error is logged.
+        """
+        try:
+            count = self._publish(job, results)
+        except OSError as err:
+            logger.error("job %s: cannot publish its failure results (%s); failed without them", job,
+                         type(err).__name__)
+            shutil.rmtree(self.root / "outbox" / f".{job}.partial", ignore_errors=True)
+            count = 0
+        path = self.root / "processing" / job / "reason.txt"
+        try:
+            _write_durable(path, reason.encode("utf-8", "replace"))
+        except OSError as err:
+            logger.error("job %s: cannot write reason.txt (%s); moved to failed/ without it", job, type(err).__name__)
+            if path.is_file():
+                path.unlink()
         self._retire(job, "failed")
         return count
+
+    def bytes_in(self, *areas: str) -> int:
+        """Total size of the files in the given areas."""
+        return sum(_tree_bytes(self.root / area) for area in areas)
+
+    def prune(self, area: str, max_age_seconds: float | None, max_bytes: int | None) -> int:
+        """Delete the oldest jobs of ``done/`` or ``sent/`` until none is older than ``max_age_seconds`` and the
+        area holds at most ``max_bytes`` (``None``: no limit); returns the number of jobs deleted."""
+        if area not in ("done", "sent"):
+            raise ValueError(f"only done/ and sent/ are pruned, not {area}/")
+        jobs = sorted(((p.stat().st_mtime, p) for p in (self.root / area).iterdir() if p.is_dir()),
+                      key=lambda item: item[0])
+        sizes = {p: _tree_bytes(p) for _, p in jobs}
+        total = sum(sizes.values())
+        now = time.time()
+        deleted = 0
+        for mtime, job in jobs:
+            too_old = max_age_seconds is not None and now - mtime > max_age_seconds
+            too_big = max_bytes is not None and total > max_bytes
+            if not (too_old or too_big):
+                break
+            shutil.rmtree(job)
+            total -= sizes[job]
+            deleted += 1
+        return deleted
 
     def _retire(self, job: str, area: str) -> None:
         source = self.root / "processing" / job
         if source.exists():
             os.replace(source, self.root / area / job)
+            os.utime(self.root / area / job)  # the retirement time: what retention ages from
             _fsync_dir(self.root / area)
             _fsync_dir(self.root / "processing")
 
@@ -219,5 +278,6 @@ class Spool:
 
     def mark_sent(self, job: str) -> None:
         os.replace(self.root / "outbox" / job, self.root / "sent" / job)
+        os.utime(self.root / "sent" / job)
         _fsync_dir(self.root / "sent")
         _fsync_dir(self.root / "outbox")

@@ -34,7 +34,8 @@ class ResultVersions:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.root.chmod(0o700)
         self._lock = threading.Lock()
 
     def _path(self, study_key: str) -> Path:
@@ -51,7 +52,7 @@ class ResultVersions:
 
     def _write(self, study_key: str, record: dict[str, Any]) -> None:
         partial = self._path(study_key).with_suffix(".partial")
-        with open(partial, "w") as handle:
+        with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
             json.dump(record, handle)
             handle.flush()
             os.fsync(handle.fileno())

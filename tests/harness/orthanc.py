@@ -15,6 +15,7 @@ from typing import Any
 
 import pydicom
 import requests
+import urllib3
 
 __all__ = ["LocalOrthanc", "free_port", "orthanc_available", "wait_for"]
 
@@ -49,15 +50,26 @@ class LocalOrthanc:
 
     DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
-    def __init__(self, workdir: Path, node_aet: str, node_port: int, dicomweb: bool = False) -> None:
-        """Start Orthanc; with ``dicomweb`` the Debian ``orthanc-dicomweb`` plugin serves ``<url>/dicom-web``."""
+    def __init__(
+        self, workdir: Path, node_aet: str, node_port: int, dicomweb: bool = False, users: dict[str, str] | None = None
+    ) -> None:
+        """Start Orthanc; with ``dicomweb`` the Debian ``orthanc-dicomweb`` plugin serves ``<url>/dicom-web``;
+        with ``users`` (name -> password) its HTTP side (REST and DICOMweb) requires HTTP basic auth."""
         self.workdir = workdir
+        self.session = requests.Session()
+        # Orthanc may close a kept-alive connection the session then reuses ("Remote end closed connection"):
+        # retried, as every request of the harness may be repeated (uploads and lookups are idempotent)
+        retry = urllib3.util.Retry(total=3, connect=3, read=3, allowed_methods=None, backoff_factor=0.2)
+        self.session.mount("http://", requests.adapters.HTTPAdapter(max_retries=retry))
+        if users:
+            self.session.auth = next(iter(users.items()))
         self.http_port, self.dicom_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
         workdir.mkdir(parents=True, exist_ok=True)
         config = {
             "Name": "dissect-test", "StorageDirectory": str(workdir / "db"), "IndexDirectory": str(workdir / "db"),
-            "HttpPort": self.http_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+            "HttpPort": self.http_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": bool(users),
+            "RegisteredUsers": users or {},
             "DicomServerEnabled": True, "DicomAet": "ORTHANC", "DicomPort": self.dicom_port,
             "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": False, "DicomAlwaysAllowEcho": False,
             "DicomModalities": {"node": {"AET": node_aet, "Host": "127.0.0.1", "Port": node_port,
@@ -77,36 +89,36 @@ class LocalOrthanc:
         if self.process.poll() is not None:
             raise RuntimeError(f"Orthanc exited with {self.process.returncode}: see {self.workdir / 'orthanc.log'}")
         try:
-            return requests.get(self.url + "/system", timeout=2).ok
+            return self.session.get(self.url + "/system", timeout=2).ok
         except requests.RequestException:
             return False
 
     def set_node_port(self, port: int) -> None:
         """Point the ``node`` modality at another port (e.g. a restarted node)."""
         body = {"AET": "DISSECT_AI", "Host": "127.0.0.1", "Port": port, "AllowStore": True, "AllowEcho": True}
-        requests.put(f"{self.url}/modalities/node", json=body, timeout=10).raise_for_status()
+        self.session.put(f"{self.url}/modalities/node", json=body, timeout=10).raise_for_status()
 
     def upload(self, instance: Path | bytes) -> str:
         """``POST /instances`` a Part-10 file (path or bytes); returns Orthanc's instance id."""
         data = instance if isinstance(instance, bytes) else Path(instance).read_bytes()
-        response = requests.post(self.url + "/instances", data=data, timeout=60)
+        response = self.session.post(self.url + "/instances", data=data, timeout=60)
         response.raise_for_status()
         return response.json()["ID"]
 
     def store_to_node(self, resources: list[str]) -> dict:
         body = {"Resources": resources, "Synchronous": True}
-        response = requests.post(f"{self.url}/modalities/node/store", json=body, timeout=300)
+        response = self.session.post(f"{self.url}/modalities/node/store", json=body, timeout=300)
         response.raise_for_status()
         return response.json()
 
     def get(self, path: str) -> Any:
-        response = requests.get(self.url + path, timeout=60)
+        response = self.session.get(self.url + path, timeout=60)
         response.raise_for_status()
         return response.json()
 
     def instance_ids(self, study_uid: str, modality: str) -> list[str]:
         """Orthanc ids of the instances of ``modality`` stored in the study ``study_uid``."""
-        found = requests.post(self.url + "/tools/lookup", data=study_uid, timeout=10).json()
+        found = self.session.post(self.url + "/tools/lookup", data=study_uid, timeout=10).json()
         ids = []
         for study in (f["ID"] for f in found if f["Type"] == "Study"):
             for series in self.get(f"/studies/{study}/series"):
@@ -118,7 +130,7 @@ class LocalOrthanc:
         """Every instance of ``modality`` stored in the study, downloaded and parsed."""
         datasets = []
         for instance in self.instance_ids(study_uid, modality):
-            data = requests.get(f"{self.url}/instances/{instance}/file", timeout=60).content
+            data = self.session.get(f"{self.url}/instances/{instance}/file", timeout=60).content
             datasets.append(pydicom.dcmread(io.BytesIO(data)))
         return datasets
 
