@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,3 +111,23 @@ def test_goal_status_and_paired_difference() -> None:
     diff = paired_difference({0: 0.80, 1: 0.84, 2: 0.9}, {0: 0.78, 1: 0.80})  # seed 2 has no partner
     assert diff.n == 2 and diff.mean == pytest.approx(0.03) and diff.std == pytest.approx(0.0141421, abs=1e-6)
     assert format_mean_std(diff) == "0.030 ± 0.014"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_torchscript_rebuilds_from_the_fp16_weights_with_ckpt_export(name: str, tmp_path: Path) -> None:
+    """The documented command (engines/export.py) turns a shipped model.pt into a TorchScript of the same outputs."""
+    bundle = bundle_copy(name, tmp_path)
+    torch.manual_seed(0)
+    torch.save(inference_network(bundle).state_dict(), tmp_path / "model.pt")
+    export_bundle_weights(tmp_path / "model.pt", bundle)
+    configs = bundle / "configs"
+    subprocess.run([sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def",
+                    "--filepath", str(bundle / "models" / "model.ts"), "--ckpt_file", str(bundle / MODEL_PATH),
+                    "--meta_file", str(configs / "metadata.json"), "--config_file", str(configs / "inference.yaml"),
+                    "--bundle_root", str(bundle)], check=True, capture_output=True)
+    scripted = torch.jit.load(str(bundle / "models" / "model.ts"), map_location="cpu").eval()
+    network = inference_network(bundle)
+    network.load_state_dict(read_state_dict(bundle / MODEL_PATH), strict=True)
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():  # the classifier's eager forward may autocast to bf16 ("auto"); TorchScript stays fp32
+        torch.testing.assert_close(scripted(x), network(x), rtol=2e-2, atol=1e-3)
