@@ -19,6 +19,7 @@ from dissect_monai.engines.export import (
     export_bundle_weights,
     inference_network,
     read_state_dict,
+    replace_readme_section,
     sha256_of,
     update_metadata,
     verify_large_files,
@@ -131,3 +132,13 @@ def test_torchscript_rebuilds_from_the_fp16_weights_with_ckpt_export(name: str, 
     x = torch.rand(1, 1, 64, 64)
     with torch.no_grad():  # the classifier's eager forward may autocast to bf16 ("auto"); TorchScript stays fp32
         torch.testing.assert_close(scripted(x), network(x), rtol=2e-2, atol=1e-3)
+
+
+def test_readme_section_is_replaced_up_to_the_next_heading(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# b\n## Performance\nNot measured.\n\n## MONAI Bundle Commands\nrun\n")
+    replace_readme_section(readme, "Performance", "| metric | value |\n|---|---|\n| dice | 0.951 |")
+    assert readme.read_text() == ("# b\n## Performance\n| metric | value |\n|---|---|\n| dice | 0.951 |\n\n"
+                                  "## MONAI Bundle Commands\nrun\n")
+    with pytest.raises(ValueError, match="no '## Results' section"):
+        replace_readme_section(readme, "Results", "x")

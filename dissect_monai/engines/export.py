@@ -29,6 +29,7 @@ __all__ = [
     "export_bundle_weights",
     "inference_network",
     "read_state_dict",
+    "replace_readme_section",
     "sha256_of",
     "update_metadata",
     "verify_large_files",
@@ -141,4 +142,21 @@ def update_metadata(bundle: str | os.PathLike, eval_metrics: Mapping[str, Any], 
     metadata["changelog"] = {version: note, **{k: v for k, v in metadata.get("changelog", {}).items() if k != version}}
     metadata["eval_metrics"] = dict(eval_metrics)
     text = json.dumps(metadata, indent=4) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def replace_readme_section(readme: str | os.PathLike, heading: str, body: str) -> None:
+    """Replace what follows ``## <heading>`` up to the next ``## `` heading of a bundle's ``docs/README.md``.
+
+    Raises:
+        ValueError: naming the file when it has no such section.
+    """
+    path = Path(readme)
+    lines = path.read_text().splitlines()
+    try:
+        start = lines.index(f"## {heading}")
+    except ValueError as e:
+        raise ValueError(f"{path}: no '## {heading}' section") from e
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    text = "\n".join([*lines[: start + 1], *body.strip("\n").splitlines(), "", *lines[end:]]) + "\n"
     atomic_write(path, lambda f: f.write(text.encode()))

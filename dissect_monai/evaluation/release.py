@@ -23,8 +23,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from dissect_monai.data import default_data_root, pretraining_pool
-from dissect_monai.engines.export import export_bundle_weights, update_metadata
+from dissect_monai.data import LABEL_FRACTIONS, default_data_root, pretraining_pool
+from dissect_monai.engines.export import export_bundle_weights, replace_readme_section, update_metadata
 from dissect_monai.evaluation.benchmarks import BENCHMARKS, load_benchmark
 from dissect_monai.evaluation.bundle_runs import StepBudget
 from dissect_monai.evaluation.label_efficiency import (
@@ -47,6 +47,7 @@ __all__ = [
     "GOALS",
     "STAGES",
     "ReleaseSettings",
+    "dissect_vs_byol",
     "goal_status",
     "paired_difference",
     "plan",
@@ -205,6 +206,8 @@ def run_export(s: ReleaseSettings, log: Callable[[str], None]) -> None:
         update_metadata(s.bundle(name), metrics[name], RELEASE_VERSION,
                         f"release weights from `scripts/release.py` ({s.epochs} pretraining epochs at "
                         f"{s.image_size} px; eval_metrics measured on the test split)")
+        replace_readme_section(s.bundle(name) / "docs" / "README.md", "Performance",
+                               performance_markdown(s, metrics[name]))
         log(f"[export] {name}: {entry['path']} sha256 {entry['hash_val'][:12]}")
 
 
@@ -270,6 +273,15 @@ def lung_summary(lung: Mapping[str, Any]) -> dict[str, dict[str, MeanStd]]:
             for key, runs in sorted(groups.items())}
 
 
+def dissect_vs_byol(collected: Mapping[str, Any]) -> dict[str, dict[str, MeanStd]]:
+    """DiSSECT - BYOL linear-probe test AUC per benchmark and probe fraction (:func:`paired_difference`)."""
+    seeds = collected["probe_auc_by_seed"]
+    dissect, byol = seeds.get("dissect", {}), seeds.get("byol", {})
+    return {bench: {fraction_key(f): paired_difference(dissect.get(bench, {}).get(fraction_key(f), {}),
+                                                       byol.get(bench, {}).get(fraction_key(f), {}))
+                    for f in LABEL_FRACTIONS} for bench in BENCHMARKS}
+
+
 def _value(classification: Mapping[str, Any], row: str, bench: str, fraction: str, metric: str) -> float | None:
     entry = classification.get(row, {}).get(bench, {}).get("fractions", {}).get(fraction, {}).get(metric)
     return entry["mean"] if entry and entry.get("n") else None
@@ -284,15 +296,28 @@ def goals(collected: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "threshold": LUNG_DICE_GOAL})
     for item in out:
         item["status"] = goal_status(item["value"], item["threshold"])
+    differences = dissect_vs_byol(collected)
     for bench in BENCHMARKS:
         for fraction in ("0.01", "0.05"):
-            seeds = collected["probe_auc_by_seed"]
-            diff = paired_difference(seeds.get("dissect", {}).get(bench, {}).get(fraction, {}),
-                                     seeds.get("byol", {}).get(bench, {}).get(fraction, {}))
+            diff = differences[bench][fraction]
             out.append({"goal": f"DiSSECT above BYOL by more than the spread ({bench}, {float(fraction):.0%} probe)",
                         "value": diff.mean if diff.n else None, "spread": diff.std if diff.n else None,
                         "status": "not measured" if diff.n < 2 else ("met" if diff.mean > diff.std else "not met")})
     return out
+
+
+def performance_markdown(s: ReleaseSettings, metrics: Mapping[str, float | None]) -> str:
+    """A shipped bundle's Performance section: its measured test figures, the budget and the exact command."""
+    lines = [f"Release {RELEASE_VERSION}, measured on the test split by the release run (tables of every row, "
+             "mean ± sd over seeds: `results/release.md`). Pretraining: DiSSECT, ResNet-18, "
+             f"{s.image_size} px, {s.epochs} epochs on the pretraining pool; the BYOL control had the same budget.",
+             "", "| metric | value |", "|---|---|"]
+    lines += [f"| {key} | {'—' if value is None else f'{value:.3f}'} |" for key, value in metrics.items()]
+    lines += ["", "Reproduce (resumable; `--plan` prints the stages and their estimated time):", "", "```bash",
+              f"python scripts/release.py --epochs {s.epochs} --threads {s.threads} --ft-steps "
+              f"{s.finetune_budget.steps} --seg-steps {s.segmentation_budget.steps} --seg-seeds "
+              + " ".join(map(str, s.segmentation_seeds)), "```"]
+    return "\n".join(lines)
 
 
 def bundle_metrics(collected: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -394,7 +419,14 @@ def release_markdown(s: ReleaseSettings, collected: Mapping[str, Any], machine_i
         value = "—" if g["value"] is None else (f"{g['value']:+.3f} ± {g['spread']:.3f}" if "spread" in g
                                                 else f"{g['value']:.3f}")
         lines.append(f"| {g['goal']} | {value} | {g['status']} |")
-    lines += ["", "DiSSECT - BYOL: linear-probe test AUC difference, mean ± sd over the label samples both share.", ""]
+    lines += ["", "## DiSSECT - BYOL", "", "Linear-probe test AUC difference, mean ± sd over the label samples both "
+              "rows share (positive: DiSSECT better; a difference within its sd is no difference).", "",
+              "| benchmark | " + " | ".join(f"{f:.0%}" for f in LABEL_FRACTIONS) + " |",
+              "|---" * (len(LABEL_FRACTIONS) + 1) + "|"]
+    for bench, by_fraction in dissect_vs_byol(collected).items():
+        lines.append(f"| {BENCHMARKS[bench].title} | "
+                     + " | ".join(format_mean_std(by_fraction[fraction_key(f)]) for f in LABEL_FRACTIONS) + " |")
+    lines.append("")
     return "\n".join(lines) + "\n"
 
 
@@ -416,7 +448,8 @@ def write_release_report(s: ReleaseSettings, results_dir: str | os.PathLike) -> 
     write_json(results_dir / "release.json", record)
     parts = [release_markdown(s, collected, machine_info, goal_rows)]
     for title, name in (("Classification", "release_classification"), ("Lung segmentation", "release_segmentation")):
-        body = (results_dir / f"{name}.md").read_text().split("\n", 1)[1]  # below the part's own title
+        lines = (results_dir / f"{name}.md").read_text().splitlines()[1:]  # below the part's own title
+        body = "\n".join(line for line in lines if not line.startswith("Generated by "))
         parts.append(f"# {title}\n{body}")
     (results_dir / "release.md").write_text("\n".join(parts))
     return record
