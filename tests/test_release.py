@@ -25,7 +25,8 @@ from dissect_monai.engines.export import (
     verify_large_files,
 )
 from dissect_monai.evaluation.metrics import format_mean_std
-from dissect_monai.evaluation.release import STAGES, ReleaseSettings, goal_status, paired_difference, plan
+from dissect_monai.evaluation.release import STAGES, ReleaseSettings, goal_status, paired_difference, plan, run_stage
+from dissect_monai.evaluation.results import read_json
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = ("dissect_cxr_pretrain", "dissect_cxr_classification", "dissect_cxr_lung_segmentation")
@@ -142,3 +143,12 @@ def test_readme_section_is_replaced_up_to_the_next_heading(tmp_path: Path) -> No
                                   "## MONAI Bundle Commands\nrun\n")
     with pytest.raises(ValueError, match="no '## Results' section"):
         replace_readme_section(readme, "Results", "x")
+
+
+@pytest.mark.parametrize("stage", ["classification", "segmentation"])
+def test_transfer_stages_refuse_to_start_before_pretraining(stage: str, tmp_path: Path) -> None:
+    settings = ReleaseSettings(repo=REPO, run_dir=tmp_path / "release")
+    with pytest.raises(RuntimeError, match="pretrain stage has not finished"):
+        run_stage(stage, settings, log=lambda text: None)
+    assert read_json(tmp_path / "release" / "stages.json")[stage] == {"wall_seconds": pytest.approx(0, abs=5),
+                                                                       "finished": False}

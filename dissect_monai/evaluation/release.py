@@ -125,26 +125,33 @@ def pretraining_runs(s: ReleaseSettings) -> list[tuple[Path, list[str], dict[str
 
 
 def classification_rows(s: ReleaseSettings) -> list:
-    """Random-init (frozen) and supervised-from-scratch rows, and the probe and fine-tune rows of each pretraining
-    run that has finished."""
+    """Random-init (frozen) and supervised-from-scratch rows, and the probe and fine-tune rows of both pretraining
+    runs (:func:`require_pretraining`)."""
+    require_pretraining(s)
     protocol = s.protocol()
     rows = [reference_row("random", protocol), reference_row("supervised", protocol)]
     for method in PRETRAIN_METHODS:
-        if run_finished(s.pretrain_dir(method)):
-            rows += checkpoint_rows(method, s.pretrain_dir(method) / "model.pt", method, protocol,
+        rows += checkpoint_rows(method, s.pretrain_dir(method) / "model.pt", method, protocol,
                                     label=f"{METHOD_LABELS[method]}, {s.epochs} epochs",
                                     finetune=True)
     return rows
 
 
 def lung_rows(s: ReleaseSettings) -> list[LungRow]:
-    """Random init (fine-tuned) and each finished pretraining run frozen and fine-tuned."""
+    """Random init (fine-tuned) and both pretraining runs frozen and fine-tuned (:func:`require_pretraining`)."""
+    require_pretraining(s)
     rows = [LungRow("random init", "fine-tuned", None, None)]
     for method in PRETRAIN_METHODS:
-        if run_finished(s.pretrain_dir(method)):
-            checkpoint = str(s.pretrain_dir(method) / "model.pt")
-            rows += [LungRow(method, mode, checkpoint, method) for mode in ("fine-tuned", "frozen")]
+        checkpoint = str(s.pretrain_dir(method) / "model.pt")
+        rows += [LungRow(method, mode, checkpoint, method) for mode in ("fine-tuned", "frozen")]
     return rows
+
+
+def require_pretraining(s: ReleaseSettings) -> None:
+    """Raise ``RuntimeError`` naming the pretraining runs of the run folder that have not finished."""
+    missing = [str(s.pretrain_dir(m)) for m in PRETRAIN_METHODS if not run_finished(s.pretrain_dir(m))]
+    if missing:
+        raise RuntimeError(f"the pretrain stage has not finished (no model.pt with exit 0 in {missing}): run it first")
 
 
 def lung_key(row: LungRow, fraction: float, seed: int) -> str:
@@ -414,7 +421,8 @@ def release_markdown(s: ReleaseSettings, collected: Mapping[str, Any], machine_i
         entry = collected["stages"].get(name)
         lines.append(f"| {name} | {entry['wall_seconds'] / 3600:.2f} h | {entry['finished']} |" if entry
                      else f"| {name} | — | False |")
-    lines += ["", "## Goals (test figures, reported, never tuned on)", "", "| goal | measured | status |", "|---|---|---|"]
+    lines += ["", "## Goals (test figures, reported, never tuned on)", "", "| goal | measured | status |",
+              "|---|---|---|"]
     for g in goal_rows:
         value = "—" if g["value"] is None else (f"{g['value']:+.3f} ± {g['spread']:.3f}" if "spread" in g
                                                 else f"{g['value']:.3f}")
