@@ -1,0 +1,463 @@
+"""The release run: pretraining, classification, lung segmentation and export, each stage through the bundles and
+the evaluation package, resumable in one run folder (default ``~/.cache/dissect-monai/release``).
+
+Run folder layout::
+
+    pretrain/{dissect,byol}/      the pretraining bundle's runs (launch.RecordedRun: model.pt, run.json, logs/)
+    classification/rows/          the label-efficiency RowStores (features/, images/, finetune/ beside them)
+    segmentation/<run>/           the lung bundle's runs (result.json once finished)
+    stages.json                   wall seconds per stage (summed over resumed attempts) and which have finished
+
+Each stage skips what is finished (runs with a ``model.pt`` and exit 0, stored cells, runs with a ``result.json``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from dissect_monai.data import LABEL_FRACTIONS, default_data_root, pretraining_pool
+from dissect_monai.engines.export import export_bundle_weights, replace_readme_section, update_metadata
+from dissect_monai.evaluation.benchmarks import BENCHMARKS, load_benchmark
+from dissect_monai.evaluation.bundle_runs import StepBudget
+from dissect_monai.evaluation.label_efficiency import (
+    ProtocolSettings,
+    checkpoint_rows,
+    reference_row,
+    run_row,
+    summarise,
+)
+from dissect_monai.evaluation.launch import bundle_command, run_finished, run_recorded
+from dissect_monai.evaluation.metrics import MeanStd, format_mean_std, mean_std
+from dissect_monai.evaluation.pretraining import summarise_run
+from dissect_monai.evaluation.results import CellResult, RowStore, fraction_key, read_json, write_json
+from dissect_monai.evaluation.reports import write_label_efficiency_report, write_segmentation_report
+from dissect_monai.evaluation.segmentation import LungRow, collect_runs, discard_stale_run, train_and_test_lung
+
+__all__ = [
+    "DEFAULT_RUN_DIR",
+    "ESTIMATED_SECONDS_PER_STEP",
+    "GOALS",
+    "STAGES",
+    "ReleaseSettings",
+    "dissect_vs_byol",
+    "goal_status",
+    "paired_difference",
+    "plan",
+    "run_stage",
+    "write_release_report",
+]
+
+DEFAULT_RUN_DIR = Path("~/.cache/dissect-monai/release").expanduser()
+STAGES = ("pretrain", "classification", "segmentation", "export")
+PRETRAIN_METHODS = {"dissect": True, "byol": False}  # method -> quantizer
+METHOD_LABELS = {"dissect": "DiSSECT", "byol": "BYOL (quantizer off)"}
+#: seconds per optimiser step used by --plan before a stage has measured its own, on the idle 2-core machine
+#: (results/training_throughput.md: DiSSECT bf16 64 px, 0.35 CPU-s per 16 pairs -> ~0.7 s per 64 pairs on 2 cores;
+#: a supervised ResNet-18 step of 32 images at 64 px ~0.25 s; a U-Net step of 16 images at 256 px ~2 s), and per
+#: probe cell (a logistic regression with C picked on val).
+ESTIMATED_SECONDS_PER_STEP = {"pretrain": 0.7, "finetune": 0.25, "segmentation": 2.0, "probe_cell": 3.0}
+#: the issue's goals: (description, row, benchmark, fraction, metric, threshold)
+GOALS = (
+    ("Kermany fine-tuned test AUC >= 0.96", "dissect-finetune", "kermany", "1", "test_auc", 0.96),
+    ("Kermany fine-tuned test accuracy >= 0.88", "dissect-finetune", "kermany", "1", "test_acc", 0.88),
+    ("Kermany linear probe at 10 % AUC >= 0.93", "dissect", "kermany", "0.1", "test_auc", 0.93),
+    ("NIH linear probe at 10 % AUC >= 0.85", "dissect", "nih", "0.1", "test_auc", 0.85),
+    ("NIH fine-tuned at 100 % AUC >= 0.88", "dissect-finetune", "nih", "1", "test_auc", 0.88),
+)
+LUNG_DICE_GOAL = 0.95
+RELEASE_VERSION = "1.0.0"
+
+
+@dataclass(frozen=True)
+class ReleaseSettings:
+    """Budget and places of the release run. ``repo``: the checkout holding ``bundles/`` and ``configs/methods``."""
+
+    repo: Path
+    run_dir: Path = DEFAULT_RUN_DIR
+    data_root: Path | None = None
+    epochs: int = 60
+    image_size: int = 64
+    batch_size: int = 64
+    threads: int = 2
+    finetune_budget: StepBudget = StepBudget(steps=300, batch_size=32, val_every_steps=50)
+    segmentation_size: int = 256
+    segmentation_budget: StepBudget = StepBudget(steps=300, batch_size=16, val_every_steps=50)
+    segmentation_fractions: tuple[float, ...] = (0.1, 1.0)
+    segmentation_seeds: tuple[int, ...] = (0, 1, 2)
+
+    def bundle(self, name: str) -> Path:
+        return self.repo / "bundles" / name
+
+    @property
+    def data(self) -> Path:
+        return Path(self.data_root) if self.data_root else default_data_root()
+
+    def protocol(self) -> ProtocolSettings:
+        return ProtocolSettings(methods_dir=str(self.repo / "configs" / "methods"),
+                                pretrain_bundle=str(self.bundle("dissect_cxr_pretrain")), image_size=self.image_size,
+                                finetune_budget=self.finetune_budget, threads=self.threads)
+
+    def pretrain_dir(self, method: str) -> Path:
+        return self.run_dir / "pretrain" / method
+
+
+def pretraining_runs(s: ReleaseSettings) -> list[tuple[Path, list[str], dict[str, Any]]]:
+    """``(run_dir, command, record)`` of the DiSSECT and BYOL (quantizer off) runs at the same budget."""
+    bundle = s.bundle("dissect_cxr_pretrain")
+    runs = []
+    for method, quantizer in PRETRAIN_METHODS.items():
+        out = s.pretrain_dir(method)
+        command = bundle_command(bundle, [bundle / "configs" / "train.yaml"], output_dir=out, log_dir=out / "logs",
+                                 image_size=s.image_size, quantizer=quantizer, epochs=s.epochs,
+                                 batch_size=s.batch_size, num_threads=s.threads, dataset_dir=s.data,
+                                 progress_bar=False)
+        runs.append((out, command, {"name": method, "method": method, "image_size": s.image_size,
+                                    "epochs": s.epochs, "threads": s.threads}))
+    return runs
+
+
+def classification_rows(s: ReleaseSettings) -> list:
+    """Random-init (frozen) and supervised-from-scratch rows, and the probe and fine-tune rows of both pretraining
+    runs (:func:`require_pretraining`)."""
+    require_pretraining(s)
+    protocol = s.protocol()
+    rows = [reference_row("random", protocol), reference_row("supervised", protocol)]
+    for method in PRETRAIN_METHODS:
+        rows += checkpoint_rows(method, s.pretrain_dir(method) / "model.pt", method, protocol,
+                                    label=f"{METHOD_LABELS[method]}, {s.epochs} epochs",
+                                    finetune=True)
+    return rows
+
+
+def lung_rows(s: ReleaseSettings) -> list[LungRow]:
+    """Random init (fine-tuned) and both pretraining runs frozen and fine-tuned (:func:`require_pretraining`)."""
+    require_pretraining(s)
+    rows = [LungRow("random init", "fine-tuned", None, None)]
+    for method in PRETRAIN_METHODS:
+        checkpoint = str(s.pretrain_dir(method) / "model.pt")
+        rows += [LungRow(method, mode, checkpoint, method) for mode in ("fine-tuned", "frozen")]
+    return rows
+
+
+def require_pretraining(s: ReleaseSettings) -> None:
+    """Raise ``RuntimeError`` naming the pretraining runs of the run folder that have not finished."""
+    missing = [str(s.pretrain_dir(m)) for m in PRETRAIN_METHODS if not run_finished(s.pretrain_dir(m))]
+    if missing:
+        raise RuntimeError(f"the pretrain stage has not finished (no model.pt with exit 0 in {missing}): run it first")
+
+
+def lung_key(row: LungRow, fraction: float, seed: int) -> str:
+    return f"{row.encoder}_{row.mode}_{fraction_key(fraction)}_{seed}".replace(" ", "_")
+
+
+def export_sources(s: ReleaseSettings) -> dict[str, Path]:
+    """The weights each shipped bundle gets: the DiSSECT embedder, the Kermany fine-tune and the lung fine-tune on
+    all labels (seed 0)."""
+    return {
+        "dissect_cxr_pretrain": s.pretrain_dir("dissect") / "model.pt",
+        "dissect_cxr_classification": s.run_dir / "classification" / "finetune" / "dissect-finetune" / "kermany_1_0"
+        / "models" / "model.pt",
+        "dissect_cxr_lung_segmentation": s.run_dir / "segmentation" / lung_key(
+            LungRow("dissect", "fine-tuned", None, "dissect"), 1.0, 0) / "models" / "model.pt",
+    }
+
+
+def run_pretraining(s: ReleaseSettings, log: Callable[[str], None]) -> None:
+    codes = run_recorded(pretraining_runs(s), threads=s.threads, cwd=s.repo)
+    failed = {Path(d).name: c for d, c in codes.items() if c not in (None, 0)}
+    if failed:
+        raise RuntimeError(f"pretraining runs failed (see their train.log): {failed}")
+
+
+def run_classification(s: ReleaseSettings, log: Callable[[str], None]) -> None:
+    work = s.run_dir / "classification"
+    protocol, specs = s.protocol(), list(BENCHMARKS.values())
+    data = cache(lambda spec: load_benchmark(spec, s.image_size, work / "images", s.data))
+    for row in classification_rows(s):
+        run_row(row, specs, RowStore(work / "rows", row), protocol, work, s.data,
+                s.bundle("dissect_cxr_classification"), data, log=log)
+
+
+def run_segmentation(s: ReleaseSettings, log: Callable[[str], None]) -> None:
+    overrides = {"num_threads": s.threads, "dataset_dir": str(s.data / "cxr-lung-seg")}
+    for row in lung_rows(s):
+        for fraction in s.segmentation_fractions:
+            for seed in s.segmentation_seeds:
+                run_dir = s.run_dir / "segmentation" / lung_key(row, fraction, seed)
+                if discard_stale_run(run_dir, row):
+                    log(f"[segmentation] {run_dir.name}: trained from another checkpoint, rerun")
+                result = train_and_test_lung(
+                    s.bundle("dissect_cxr_lung_segmentation"), run_dir, row, fraction, seed, s.segmentation_budget,
+                    s.segmentation_size, overrides, methods_dir=s.repo / "configs" / "methods",
+                    pretrain_bundle=s.bundle("dissect_cxr_pretrain"))
+                log(f"[segmentation] {run_dir.name}: test Dice {format_mean_std(result['test_dice'])}")
+
+
+def run_export(s: ReleaseSettings, log: Callable[[str], None]) -> None:
+    """The three release weights into their bundles, with ``large_files.yml`` and the measured ``eval_metrics``."""
+    sources = export_sources(s)
+    missing = [str(p) for p in sources.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"export needs the finished runs first; missing: {missing}")
+    metrics = bundle_metrics(collect_release(s))
+    for name, source in sources.items():
+        entry = export_bundle_weights(source, s.bundle(name))
+        update_metadata(s.bundle(name), metrics[name], RELEASE_VERSION,
+                        f"release weights from `scripts/release.py` ({s.epochs} pretraining epochs at "
+                        f"{s.image_size} px; eval_metrics measured on the test split)")
+        replace_readme_section(s.bundle(name) / "docs" / "README.md", "Performance",
+                               performance_markdown(s, metrics[name]))
+        log(f"[export] {name}: {entry['path']} sha256 {entry['hash_val'][:12]}")
+
+
+STAGE_RUNNERS: dict[str, Callable[[ReleaseSettings, Callable[[str], None]], None]] = {
+    "pretrain": run_pretraining, "classification": run_classification, "segmentation": run_segmentation,
+    "export": run_export,
+}
+
+
+def run_stage(name: str, s: ReleaseSettings, log: Callable[[str], None] = print) -> None:
+    """Run (or resume) one stage and add its wall time to ``stages.json``."""
+    if name not in STAGE_RUNNERS:
+        raise ValueError(f"unknown stage {name!r}; stages: {list(STAGES)}")
+    record_file = s.run_dir / "stages.json"
+    start, finished = time.time(), False
+    try:
+        STAGE_RUNNERS[name](s, log)
+        finished = True
+    finally:
+        record = read_json(record_file) if record_file.is_file() else {}
+        entry = record.setdefault(name, {"wall_seconds": 0.0, "finished": False})
+        entry["wall_seconds"] = round(entry["wall_seconds"] + time.time() - start, 1)
+        entry["finished"] = finished
+        write_json(record_file, record)
+
+
+def goal_status(value: float | None, threshold: float) -> str:
+    """``"met"`` / ``"not met"`` of a measured mean against its goal; ``"not measured"`` without a finite value."""
+    if value is None or not math.isfinite(value):
+        return "not measured"
+    return "met" if value >= threshold else "not met"
+
+
+def paired_difference(a: Mapping[int, float], b: Mapping[int, float]) -> MeanStd:
+    """Mean +- sd over the seeds both have of ``a[seed] - b[seed]`` (the same label sample for both rows)."""
+    return mean_std(a[seed] - b[seed] for seed in sorted(set(a) & set(b)))
+
+
+def collect_release(s: ReleaseSettings) -> dict[str, Any]:
+    """What the run folder holds: classification summary (:func:`summarise`), per-seed probe AUCs of DiSSECT and
+    BYOL, lung runs, pretraining summaries and stage times."""
+    stored = RowStore.load_all(s.run_dir / "classification" / "rows")
+    by_seed = {row.name: {bench: {f: {int(seed): c["test_auc"] for seed, c in seeds.items()}
+                                  for f, seeds in record.get("cells", {}).items()}
+                          for bench, record in benchmarks.items()} for row, benchmarks in stored}
+    stages_file = s.run_dir / "stages.json"
+    return {
+        "classification": summarise(stored),
+        "probe_auc_by_seed": by_seed,
+        "lung": collect_runs(s.run_dir / "segmentation")["lung"],
+        "pretraining": [{k: v for k, v in summarise_run(s.pretrain_dir(m)).items() if not k.startswith("_")}
+                        for m in PRETRAIN_METHODS if s.pretrain_dir(m).is_dir()],
+        "stages": read_json(stages_file) if stages_file.is_file() else {},
+    }
+
+
+def lung_summary(lung: Mapping[str, Any]) -> dict[str, dict[str, MeanStd]]:
+    """Test Dice and HD95 (each run's mean over test images) as mean +- sd over seeds, by ``encoder_mode_fraction``."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for key, result in lung.items():
+        groups.setdefault(key.rsplit("_", 1)[0], []).append(result)
+    return {key: {m: mean_std(r[m]["mean"] for r in runs) for m in ("test_dice", "test_hd95")}
+            for key, runs in sorted(groups.items())}
+
+
+def dissect_vs_byol(collected: Mapping[str, Any]) -> dict[str, dict[str, MeanStd]]:
+    """DiSSECT - BYOL linear-probe test AUC per benchmark and probe fraction (:func:`paired_difference`)."""
+    seeds = collected["probe_auc_by_seed"]
+    dissect, byol = seeds.get("dissect", {}), seeds.get("byol", {})
+    return {bench: {fraction_key(f): paired_difference(dissect.get(bench, {}).get(fraction_key(f), {}),
+                                                       byol.get(bench, {}).get(fraction_key(f), {}))
+                    for f in LABEL_FRACTIONS} for bench in BENCHMARKS}
+
+
+def _value(classification: Mapping[str, Any], row: str, bench: str, fraction: str, metric: str) -> float | None:
+    entry = classification.get(row, {}).get(bench, {}).get("fractions", {}).get(fraction, {}).get(metric)
+    return entry["mean"] if entry and entry.get("n") else None
+
+
+def goals(collected: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every goal of the issue with its measured value and status (never tuned on: test figures only reported)."""
+    out = [{"goal": text, "value": _value(collected["classification"], row, bench, fraction, metric),
+            "threshold": threshold} for text, row, bench, fraction, metric, threshold in GOALS]
+    lung = lung_summary(collected["lung"]).get("dissect_fine-tuned_1", {}).get("test_dice")
+    out.append({"goal": f"lung test Dice >= {LUNG_DICE_GOAL}", "value": lung.mean if lung and lung.n else None,
+                "threshold": LUNG_DICE_GOAL})
+    for item in out:
+        item["status"] = goal_status(item["value"], item["threshold"])
+    differences = dissect_vs_byol(collected)
+    for bench in BENCHMARKS:
+        for fraction in ("0.01", "0.05"):
+            diff = differences[bench][fraction]
+            out.append({"goal": f"DiSSECT above BYOL by more than the spread ({bench}, {float(fraction):.0%} probe)",
+                        "value": diff.mean if diff.n else None, "spread": diff.std if diff.n else None,
+                        "status": "not measured" if diff.n < 2 else ("met" if diff.mean > diff.std else "not met")})
+    return out
+
+
+def performance_markdown(s: ReleaseSettings, metrics: Mapping[str, float | None]) -> str:
+    """A shipped bundle's Performance section: its measured test figures, the budget and the exact command."""
+    lines = [f"Release {RELEASE_VERSION}, measured on the test split by the release run (tables of every row, "
+             "mean ± sd over seeds: `results/release.md`). Pretraining: DiSSECT, ResNet-18, "
+             f"{s.image_size} px, {s.epochs} epochs on the pretraining pool; the BYOL control had the same budget.",
+             "", "| metric | value |", "|---|---|"]
+    lines += [f"| {key} | {'—' if value is None else f'{value:.3f}'} |" for key, value in metrics.items()]
+    lines += ["", "Reproduce (resumable; `--plan` prints the stages and their estimated time):", "", "```bash",
+              f"python scripts/release.py --epochs {s.epochs} --threads {s.threads} --ft-steps "
+              f"{s.finetune_budget.steps} --seg-steps {s.segmentation_budget.steps} --seg-seeds "
+              + " ".join(map(str, s.segmentation_seeds)), "```"]
+    return "\n".join(lines)
+
+
+def bundle_metrics(collected: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``eval_metrics`` of each shipped bundle from the measured rows (means over seeds, test split)."""
+    c = collected["classification"]
+    lung = lung_summary(collected["lung"]).get("dissect_fine-tuned_1", {})
+    return {
+        "dissect_cxr_pretrain": {f"{b}_linear_probe_10pct_test_auc": _value(c, "dissect", b, "0.1", "test_auc")
+                                 for b in BENCHMARKS},
+        "dissect_cxr_classification": {"kermany_test_auc": _value(c, "dissect-finetune", "kermany", "1", "test_auc"),
+                                       "kermany_test_accuracy": _value(c, "dissect-finetune", "kermany", "1",
+                                                                       "test_acc")},
+        "dissect_cxr_lung_segmentation": {"test_mean_dice": lung["test_dice"].mean if lung else None,
+                                          "test_hd95": lung["test_hd95"].mean if lung else None},
+    }
+
+
+def machine() -> dict[str, Any]:
+    """Cores, AMX (``amx_tile`` in ``/proc/cpuinfo``) and the 1 / 5 / 15-minute load averages now."""
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    return {"cores": os.cpu_count(), "amx": "amx_tile" in flags, "load": [round(v, 2) for v in os.getloadavg()],
+            "processor": platform.processor() or platform.machine()}
+
+
+def _stage_cells(s: ReleaseSettings) -> dict[str, tuple[int, int, float]]:
+    """Per stage: cells finished, cells in all and the estimated seconds of what is left."""
+    steps_per_epoch = math.ceil(len(pretraining_pool(s.data)) / s.batch_size)
+    seconds_per = dict(ESTIMATED_SECONDS_PER_STEP)
+    for method in PRETRAIN_METHODS:  # measured seconds per iteration of what has run
+        summary = summarise_run(s.pretrain_dir(method))
+        if summary["iterations_done"]:
+            seconds_per["pretrain"] = summary["training_time_s"] / summary["iterations_done"]
+    pretrain_left = sum(0 if run_finished(s.pretrain_dir(m)) else
+                        s.epochs * steps_per_epoch - summarise_run(s.pretrain_dir(m))["iterations_done"]
+                        for m in PRETRAIN_METHODS)
+    out = {"pretrain": (sum(run_finished(s.pretrain_dir(m)) for m in PRETRAIN_METHODS), len(PRETRAIN_METHODS),
+                        pretrain_left * seconds_per["pretrain"])}
+    # rows of runs that have not finished yet are counted as they will be
+    protocol, n_pretrained = s.protocol(), len(PRETRAIN_METHODS)
+    probes = len(BENCHMARKS) * len(protocol.probe_fractions) * len(protocol.probe_seeds)
+    finetunes = len(BENCHMARKS) * len(protocol.finetune_fractions) * len(protocol.finetune_seeds)
+    stored = RowStore.load_all(s.run_dir / "classification" / "rows")
+    done = {row.name: sum(len(seeds) for b in benchmarks.values() for seeds in b.get("cells", {}).values())
+            for row, benchmarks in stored}
+    measured = [CellResult.from_dict(c) for row, benchmarks in stored if row.mode == "finetune"
+                for b in benchmarks.values() for seeds in b.get("cells", {}).values() for c in seeds.values()]
+    if any(c.steps for c in measured):
+        seconds_per["finetune"] = sum(c.seconds for c in measured) / sum(c.steps for c in measured if c.steps)
+    probe_rows, finetune_rows = 1 + n_pretrained, 1 + n_pretrained
+    done_probe = sum(v for k, v in done.items() if not k.endswith("finetune") and k != "supervised")
+    done_ft = done.get("supervised", 0) + sum(v for k, v in done.items() if k.endswith("finetune"))
+    ft_steps = s.finetune_budget.steps
+    out["classification"] = (done_probe + done_ft, probe_rows * probes + finetune_rows * finetunes,
+                             (probe_rows * probes - done_probe) * seconds_per["probe_cell"]
+                             + (finetune_rows * finetunes - done_ft) * ft_steps * seconds_per["finetune"])
+    lung_runs = [p for p in (s.run_dir / "segmentation").glob("*/result.json")]
+    trained = [read_json(p) for p in lung_runs]
+    if trained:
+        seconds_per["segmentation"] = sum(r["train_seconds"] for r in trained) / sum(r["steps"] for r in trained)
+    lung_total = (1 + 2 * n_pretrained) * len(s.segmentation_fractions) * len(s.segmentation_seeds)
+    out["segmentation"] = (len(lung_runs), lung_total,
+                           (lung_total - len(lung_runs)) * s.segmentation_budget.steps * seconds_per["segmentation"])
+    shipped = [n for n in export_sources(s) if (s.bundle(n) / "large_files.yml").is_file()]
+    out["export"] = (len(shipped), len(export_sources(s)), 60.0)
+    return out
+
+
+def plan(s: ReleaseSettings) -> str:
+    """The stages, what of each is finished and the estimated time of the rest (measured seconds per step of the
+    run folder's finished work where there is any, else :data:`ESTIMATED_SECONDS_PER_STEP`)."""
+    cells = _stage_cells(s)
+    lines = [f"release run in {s.run_dir} ({s.epochs} pretraining epochs, {s.image_size} px; lung at "
+             f"{s.segmentation_size} px)"]
+    for i, name in enumerate(STAGES, 1):
+        done, total, seconds = cells[name]
+        lines.append(f"{i}. {name:<15} {done}/{total} finished, about {seconds / 3600:.1f} h left")
+    lines.append(f"total about {sum(c[2] for c in cells.values()) / 3600:.1f} h")
+    return "\n".join(lines)
+
+
+def release_markdown(s: ReleaseSettings, collected: Mapping[str, Any], machine_info: Mapping[str, Any],
+                     goal_rows: list[dict[str, Any]]) -> str:
+    """The head of ``results/release.md``: budget, machine, wall time per stage, goals and DiSSECT vs BYOL."""
+    ft, seg = s.finetune_budget, s.segmentation_budget
+    lines = ["# Release run", "", "Generated by `python scripts/release.py` (`dissect_monai.evaluation.release`).", "",
+             f"- Budget: DiSSECT and BYOL (quantizer off) pretraining, ResNet-18, {s.image_size} px, {s.epochs} "
+             f"epochs each, batch {s.batch_size}; fine-tune cells {ft.steps} steps of batch {ft.batch_size}; lung "
+             f"runs {seg.steps} steps of batch {seg.batch_size} at {s.segmentation_size} px, seeds "
+             f"{list(s.segmentation_seeds)}.",
+             f"- Machine: {machine_info['cores']} cores, AMX {'yes' if machine_info['amx'] else 'no'}, load "
+             f"{' / '.join(map(str, machine_info['load']))} (1 / 5 / 15 min) when this report was written; "
+             f"{s.threads} threads per run.", "", "| stage | wall time | finished |", "|---|---|---|"]
+    for name in STAGES:
+        entry = collected["stages"].get(name)
+        lines.append(f"| {name} | {entry['wall_seconds'] / 3600:.2f} h | {entry['finished']} |" if entry
+                     else f"| {name} | — | False |")
+    lines += ["", "## Goals (test figures, reported, never tuned on)", "", "| goal | measured | status |",
+              "|---|---|---|"]
+    for g in goal_rows:
+        value = "—" if g["value"] is None else (f"{g['value']:+.3f} ± {g['spread']:.3f}" if "spread" in g
+                                                else f"{g['value']:.3f}")
+        lines.append(f"| {g['goal']} | {value} | {g['status']} |")
+    lines += ["", "## DiSSECT - BYOL", "", "Linear-probe test AUC difference, mean ± sd over the label samples both "
+              "rows share (positive: DiSSECT better; a difference within its sd is no difference).", "",
+              "| benchmark | " + " | ".join(f"{f:.0%}" for f in LABEL_FRACTIONS) + " |",
+              "|---" * (len(LABEL_FRACTIONS) + 1) + "|"]
+    for bench, by_fraction in dissect_vs_byol(collected).items():
+        lines.append(f"| {BENCHMARKS[bench].title} | "
+                     + " | ".join(format_mean_std(by_fraction[fraction_key(f)]) for f in LABEL_FRACTIONS) + " |")
+    lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def write_release_report(s: ReleaseSettings, results_dir: str | os.PathLike) -> dict[str, Any]:
+    """``release.{json,md}`` in ``results_dir`` with ``release_classification.{json,md,png}`` and
+    ``release_segmentation.{json,md}`` (the evaluation package's own reports) beside them; returns the record."""
+    results_dir = Path(results_dir)
+    collected = collect_release(s)
+    machine_info, goal_rows = machine(), goals(collected)
+    write_label_efficiency_report(s.run_dir / "classification" / "rows", results_dir / "release_classification",
+                                  s.protocol())
+    write_segmentation_report({**collect_runs(s.run_dir / "segmentation"), "missing_encoders": []},
+                              results_dir / "release_segmentation")
+    lung = {k: {m: v.as_dict() for m, v in row.items()} for k, row in lung_summary(collected["lung"]).items()}
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()
+                if k not in ("repo", "run_dir", "data_root")}
+    record = {"settings": settings, "machine": machine_info, "goals": goal_rows, "lung_summary": lung,
+              "bundle_metrics": bundle_metrics(collected), **collected}
+    write_json(results_dir / "release.json", record)
+    parts = [release_markdown(s, collected, machine_info, goal_rows)]
+    for title, name in (("Classification", "release_classification"), ("Lung segmentation", "release_segmentation")):
+        lines = (results_dir / f"{name}.md").read_text().splitlines()[1:]  # below the part's own title
+        body = "\n".join(line for line in lines if not line.startswith("Generated by "))
+        parts.append(f"# {title}\n{body}")
+    (results_dir / "release.md").write_text("\n".join(parts))
+    return record

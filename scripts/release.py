@@ -1,0 +1,85 @@
+#!/usr/bin/env python
+"""The release run: from the pretraining pool to shipped bundle weights, in one resumable command.
+
+Stages (:mod:`dissect_monai.evaluation.release`, every one through the bundles' own configs):
+
+1. ``pretrain``        DiSSECT and BYOL (quantizer off), ResNet-18, 64 px, the same ``--epochs`` (default 60)
+2. ``classification``  Kermany and NIH pneumonia: linear probe 1 / 5 / 10 / 100 % (5 label samples below 100 %),
+                       fine-tune 10 % (3 samples) and 100 %; DiSSECT, BYOL, random-init and supervised rows; per-view
+                       AUC and the NIH view-shortcut probe
+3. ``segmentation``    lung segmentation at 256 px, frozen and fine-tuned, 10 % and 100 %; DiSSECT, BYOL, random init
+4. ``export``          fp16 ``models/model.pt`` + ``large_files.yml`` + measured ``eval_metrics`` for
+                       dissect_cxr_pretrain, dissect_cxr_classification and dissect_cxr_lung_segmentation
+
+State lives in ``--run-dir`` (default ``~/.cache/dissect-monai/release``); a rerun skips every finished run and
+cell. After each stage ``results/release.{json,md}`` is rewritten. TorchScript is rebuilt from a shipped
+``model.pt`` by ``python -m monai.bundle ckpt_export`` (:mod:`dissect_monai.engines.export`).
+
+    python scripts/release.py --plan
+    nohup python scripts/release.py > ~/.cache/dissect-monai/release.log 2>&1 &
+    python scripts/release.py --stage segmentation
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from dissect_monai.evaluation.bundle_runs import StepBudget
+from dissect_monai.evaluation.release import (
+    DEFAULT_RUN_DIR,
+    STAGES,
+    ReleaseSettings,
+    plan,
+    run_stage,
+    write_release_report,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--plan", action="store_true", help="print the stages, what is finished and the time left; run none")
+    p.add_argument("--stage", choices=STAGES, help="run this stage only (default: every stage in order)")
+    p.add_argument("--report-only", action="store_true", help="only rewrite results/release.* from the run folder")
+    p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
+    p.add_argument("--data-root", type=Path, default=None, help="default: $DISSECT_DATA_DIR (default_data_root)")
+    p.add_argument("--results", type=Path, default=REPO / "results", help="folder of release.{json,md}")
+    p.add_argument("--epochs", type=int, default=60, help="pretraining epochs of both DiSSECT and BYOL")
+    p.add_argument("--batch-size", type=int, default=64, help="pretraining batch")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--ft-steps", type=int, default=300, help="optimiser steps per fine-tune cell")
+    p.add_argument("--seg-steps", type=int, default=300, help="optimiser steps per lung run")
+    p.add_argument("--seg-seeds", type=int, nargs="+", default=[0, 1, 2])
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.epochs < 1:
+        raise SystemExit("--epochs must be at least 1")
+    settings = ReleaseSettings(
+        repo=REPO, run_dir=args.run_dir.expanduser().resolve(), data_root=args.data_root, epochs=args.epochs,
+        batch_size=args.batch_size, threads=args.threads,
+        finetune_budget=StepBudget(args.ft_steps, 32, 50), segmentation_budget=StepBudget(args.seg_steps, 16, 50),
+        segmentation_seeds=tuple(args.seg_seeds))
+    if args.plan:
+        print(plan(settings))
+        return 0
+    torch.set_num_threads(args.threads)
+    if not args.report_only:
+        for stage in [args.stage] if args.stage else STAGES:
+            print(f"[release] stage {stage}", flush=True)
+            run_stage(stage, settings, log=lambda text: print(text, flush=True))
+            write_release_report(settings, args.results)
+    write_release_report(settings, args.results)
+    print(f"wrote {args.results / 'release.md'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""The release: fp16 weights that load strictly into each bundle's inference network, the large_files.yml check,
+the release plan and the report's pure formatting."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from dissect_monai.engines.export import (
+    MODEL_PATH,
+    compact_state_dict,
+    export_bundle_weights,
+    inference_network,
+    read_state_dict,
+    replace_readme_section,
+    sha256_of,
+    update_metadata,
+    verify_large_files,
+)
+from dissect_monai.evaluation.metrics import format_mean_std
+from dissect_monai.evaluation.release import STAGES, ReleaseSettings, goal_status, paired_difference, plan, run_stage
+from dissect_monai.evaluation.results import read_json
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = ("dissect_cxr_pretrain", "dissect_cxr_classification", "dissect_cxr_lung_segmentation")
+
+
+def bundle_copy(name: str, tmp_path: Path) -> Path:
+    """The bundle's configs in a folder of its own (exports must not write into the checkout)."""
+    target = tmp_path / name
+    shutil.copytree(REPO / "bundles" / name / "configs", target / "configs")
+    return target
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_fp16_export_loads_strictly_and_matches_fp32(name: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    bundle = bundle_copy(name, tmp_path)
+    trained = inference_network(bundle)
+    torch.save({"model": trained.state_dict()}, tmp_path / "checkpoint.pt")  # as CheckpointSaver writes it
+    export_bundle_weights(tmp_path / "checkpoint.pt", bundle)
+    shipped = read_state_dict(bundle / MODEL_PATH)
+    assert all(v.dtype == torch.float16 for v in shipped.values() if v.is_floating_point())
+    loaded = inference_network(bundle)
+    loaded.load_state_dict(shipped, strict=True)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        expected, actual = trained(x), loaded(x)
+    scale = expected.abs().max()
+    assert scale > 0
+    assert (expected - actual).abs().max() <= 1e-2 * scale
+    assert not torch.equal(expected, actual)  # the weights really went through fp16
+
+
+def test_compaction_refuses_values_beyond_fp16() -> None:
+    with pytest.raises(ValueError, match="'w' exceeds the fp16 range"):
+        compact_state_dict({"w": torch.tensor([1e6])})
+    kept = compact_state_dict({"n": torch.tensor(3), "w": torch.ones(2)})
+    assert kept["n"].dtype == torch.int64 and kept["w"].dtype == torch.float16
+
+
+def test_large_files_check_fails_on_wrong_hash_and_on_weights_that_do_not_load(tmp_path: Path) -> None:
+    bundle = bundle_copy("dissect_cxr_lung_segmentation", tmp_path)
+    torch.save(inference_network(bundle).state_dict(), tmp_path / "model.pt")
+    entry = export_bundle_weights(tmp_path / "model.pt", bundle)
+    assert verify_large_files(bundle) == [MODEL_PATH]
+    listing = bundle / "large_files.yml"
+    assert yaml.safe_load(listing.read_text())["large_files"] == [entry] and entry["url"] == ""
+    listing.write_text(yaml.safe_dump({"large_files": [{**entry, "hash_val": "0" * 64}]}))
+    with pytest.raises(ValueError, match="sha256 of models/model.pt"):
+        verify_large_files(bundle)
+    state = read_state_dict(bundle / MODEL_PATH)
+    state.pop(next(iter(state)))
+    torch.save(state, bundle / MODEL_PATH)
+    listing.write_text(yaml.safe_dump({"large_files": [{**entry, "hash_val": sha256_of(bundle / MODEL_PATH)}]}))
+    with pytest.raises(ValueError, match="does not load strictly"):
+        verify_large_files(bundle)
+
+
+@pytest.mark.parametrize("name", [p.parent.name for p in sorted((REPO / "bundles").glob("*/large_files.yml"))])
+def test_shipped_weights_match_large_files_and_load_strictly(name: str) -> None:
+    assert verify_large_files(REPO / "bundles" / name)
+
+
+def test_update_metadata_bumps_version_and_puts_the_entry_first(tmp_path: Path) -> None:
+    bundle = bundle_copy("dissect_cxr_classification", tmp_path)
+    before = json.loads((bundle / "configs" / "metadata.json").read_text())
+    update_metadata(bundle, {"kermany_test_auc": 0.9}, "1.0.0", "release weights")
+    after = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert after["version"] == "1.0.0" and after["eval_metrics"] == {"kermany_test_auc": 0.9}
+    assert list(after["changelog"]) == ["1.0.0", *before["changelog"]]
+
+
+def test_plan_of_an_empty_run_folder_lists_every_stage(tmp_path: Path, data_root: Path) -> None:
+    text = plan(ReleaseSettings(repo=REPO, run_dir=tmp_path / "release", data_root=data_root))
+    for i, stage in enumerate(STAGES, 1):
+        assert f"{i}. {stage} " in text
+    assert "0/2 finished" in text and "0/3 finished" in text and "total about" in text
+
+
+def test_goal_status_and_paired_difference() -> None:
+    assert goal_status(0.961, 0.96) == "met"
+    assert goal_status(0.959, 0.96) == "not met"
+    assert goal_status(float("nan"), 0.96) == goal_status(None, 0.96) == "not measured"
+    diff = paired_difference({0: 0.80, 1: 0.84, 2: 0.9}, {0: 0.78, 1: 0.80})  # seed 2 has no partner
+    assert diff.n == 2 and diff.mean == pytest.approx(0.03) and diff.std == pytest.approx(0.0141421, abs=1e-6)
+    assert format_mean_std(diff) == "0.030 ± 0.014"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_torchscript_rebuilds_from_the_fp16_weights_with_ckpt_export(name: str, tmp_path: Path) -> None:
+    """The documented command (engines/export.py) turns a shipped model.pt into a TorchScript of the same outputs."""
+    bundle = bundle_copy(name, tmp_path)
+    torch.manual_seed(0)
+    torch.save(inference_network(bundle).state_dict(), tmp_path / "model.pt")
+    export_bundle_weights(tmp_path / "model.pt", bundle)
+    configs = bundle / "configs"
+    subprocess.run([sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def",
+                    "--filepath", str(bundle / "models" / "model.ts"), "--ckpt_file", str(bundle / MODEL_PATH),
+                    "--meta_file", str(configs / "metadata.json"), "--config_file", str(configs / "inference.yaml"),
+                    "--bundle_root", str(bundle)], check=True, capture_output=True)
+    scripted = torch.jit.load(str(bundle / "models" / "model.ts"), map_location="cpu").eval()
+    network = inference_network(bundle)
+    network.load_state_dict(read_state_dict(bundle / MODEL_PATH), strict=True)
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():  # the classifier's eager forward may autocast to bf16 ("auto"); TorchScript stays fp32
+        torch.testing.assert_close(scripted(x), network(x), rtol=2e-2, atol=1e-3)
+
+
+def test_readme_section_is_replaced_up_to_the_next_heading(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# b\n## Performance\nNot measured.\n\n## MONAI Bundle Commands\nrun\n")
+    replace_readme_section(readme, "Performance", "| metric | value |\n|---|---|\n| dice | 0.951 |")
+    assert readme.read_text() == ("# b\n## Performance\n| metric | value |\n|---|---|\n| dice | 0.951 |\n\n"
+                                  "## MONAI Bundle Commands\nrun\n")
+    with pytest.raises(ValueError, match="no '## Results' section"):
+        replace_readme_section(readme, "Results", "x")
+
+
+@pytest.mark.parametrize("stage", ["classification", "segmentation"])
+def test_transfer_stages_refuse_to_start_before_pretraining(stage: str, tmp_path: Path) -> None:
+    settings = ReleaseSettings(repo=REPO, run_dir=tmp_path / "release")
+    with pytest.raises(RuntimeError, match="pretrain stage has not finished"):
+        run_stage(stage, settings, log=lambda text: None)
+    assert read_json(tmp_path / "release" / "stages.json")[stage] == {"wall_seconds": pytest.approx(0, abs=5),
+                                                                       "finished": False}
