@@ -3,8 +3,7 @@
 the node config. Measures latency (last instance acknowledged by the node -> all results in Orthanc, p50 / p95,
 CR and CT, stable-study wait included), throughput with concurrent senders, and the slot-exhaustion recovery time
 (16 silent connections plus one half PDU, until a real association succeeds). Bundles without ``models/model.pt``
-run with random weights (``--allow-untrained``): timings only.
-
+run with random weights (``--allow-untrained``): timings only. Usage:
     python scripts/benchmark_pacs.py --cr-studies 10 --ct-studies 3 --senders 8 --studies-per-sender 5
 """
 
@@ -244,7 +243,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     out.with_suffix(".md").write_text(_markdown(report))
-    print(_markdown(report))
+    print(out.with_suffix(".md").read_text())
 
 
 if __name__ == "__main__":
