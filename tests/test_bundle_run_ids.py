@@ -38,7 +38,7 @@ def _train_overrides(name: str, out: Path) -> dict:
     """One epoch on a handful of real images (patches for CT), outputs in ``out``."""
     if name == "dissect_cxr_pretrain":
         return {"epochs": 1, "image_size": 32, "batch_size": 4, "num_threads": 1, "progress_bar": False,
-                "network_def#hidden_dim": 256, "network_def#num_codes": 64,
+                "network_def#hidden_dim": 256, "network_def#embedder#quantizer_args": {"num_codes": 64},
                 "train#datalist": "$dissect_monai.data.pretraining_pool(@dataset_dir)[:8]",
                 "output_dir": out / "models", "log_dir": out / "runs"}
     if name == "dissect_cxr_classification":

@@ -43,7 +43,7 @@ def test_pretrain_bundle_trains_with_only_the_wheel_installed(wheel, tmp_path, d
     out = tmp_path / "out"
     cmd = [str(python), "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.yaml",
            "--epochs", "1", "--image_size", "32", "--batch_size", "4", "--num_threads", "1", "--progress_bar", "False",
-           "--network_def#hidden_dim", "256", "--network_def#num_codes", "64",
+           "--network_def#hidden_dim", "256", "--network_def#embedder#quantizer_args", "{'num_codes': 64}",
            "--train#datalist", "$dissect_monai.data.pretraining_pool(@dataset_dir)[:8]",
            "--output_dir", str(out / "models"), "--log_dir", str(out / "runs")]
     result = subprocess.run(cmd, cwd=bundle, env=env, capture_output=True, text=True, timeout=900)
