@@ -250,7 +250,7 @@ def test_bundle_dirs_have_docs_and_license():
 
 
 def test_lung_bundle_run_returns_a_non_square_mask_in_the_input_orientation(data_root, tmp_path):
-    """``python -m monai.bundle run`` of the lung inference config (random weights: shape and orientation, not
+    """``python -m monai.bundle run`` of the lung inference config with its file writers (random weights: shape and orientation, not
     quality) on a real image cropped to 256 rows x 200 columns: the mask comes back with the input's rows and
     columns, in the PNG and (as MONAI's (W, H) axis order) in the NIfTI."""
     item = _lung_items(data_root, "test", 1)[0]
@@ -263,7 +263,8 @@ def test_lung_bundle_run_returns_a_non_square_mask_in_the_input_orientation(data
     model = tmp_path / "model.pt"
     torch.save(parser.get_parsed_content("network_def").state_dict(), model)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(LUNG / "configs" / "inference.yaml"),
+    configs = str([str(LUNG / "configs" / "inference.yaml"), str(LUNG / "configs" / "inference_files.yaml")])
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs,
            "--meta_file", str(LUNG / "configs" / "metadata.json"), "--bundle_root", str(LUNG),
            "--dataset_dir", str(studies), "--output_dir", str(out), "--ckpt_path", str(model)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
