@@ -129,6 +129,19 @@ def node_config_file(
 
 
 CR_RULES = {"Modality": "CR|DX", "BodyPartExamined": "CHEST|"}
+
+
+def cr_pipelines(bundles: dict[str, Path]) -> list[dict]:
+    """The node's two chest-radiograph pipelines (SR from the classifier, SEG from the lung bundle) on ``bundles``
+    (``{"cxr_classification": ..., "cxr_lung_segmentation": ...}``), one instance per job."""
+    return [
+        {"name": "cls", "bundle": str(bundles["cxr_classification"]), "output": "sr", "rules": CR_RULES,
+         "single_instance": True},
+        {"name": "lung", "bundle": str(bundles["cxr_lung_segmentation"]), "output": "seg", "rules": CR_RULES,
+         "single_instance": True},
+    ]
+
+
 CT_RULES = {"Modality": "CT", "ImageType": ["!LOCALIZER"]}
 
 

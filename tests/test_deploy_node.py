@@ -16,6 +16,7 @@ import requests
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 from deploy_helpers import (
+    cr_pipelines,
     CR_RULES,
     CT_RULES,
     SIIM_CR,
@@ -65,17 +66,8 @@ def runners(bundles) -> dict[str, BundleRunner]:
     return {"cls": BundleRunner(bundles["cxr_classification"]), "lung": BundleRunner(bundles["cxr_lung_segmentation"])}
 
 
-def _pipelines(bundles) -> list[dict]:
-    return [
-        {"name": "cls", "bundle": str(bundles["cxr_classification"]), "output": "sr", "rules": CR_RULES,
-         "single_instance": True},
-        {"name": "lung", "bundle": str(bundles["cxr_lung_segmentation"]), "output": "seg", "rules": CR_RULES,
-         "single_instance": True},
-    ]
-
-
 def _start_node(tmp_path: Path, bundles, runners, destination_port: int, **extra) -> InferenceNode:
-    path = node_config_file(tmp_path / "node.yaml", tmp_path / "spool", _pipelines(bundles),
+    path = node_config_file(tmp_path / "node.yaml", tmp_path / "spool", cr_pipelines(bundles),
                             {"ae_title": "PACS", "host": "127.0.0.1", "port": destination_port}, **extra)
     node = InferenceNode(load_node_config(path), runners=runners)
     node.start()
@@ -263,7 +255,7 @@ def test_malformed_birth_date_still_gives_results(tmp_path, bundles, runners, da
 
 def test_concurrent_associations_every_instance_spooled(tmp_path, bundles, data_root):
     """8 senders x 50 instances at once into the node served by the CLI in its own process (as deployed)."""
-    path = node_config_file(tmp_path / "node.yaml", tmp_path / "spool", _pipelines(bundles), stable_seconds=3600)
+    path = node_config_file(tmp_path / "node.yaml", tmp_path / "spool", cr_pipelines(bundles), stable_seconds=3600)
     node = serve_node(path, tmp_path / "node.log")
     spool = tmp_path / "spool"
     template = (data_root / SIIM_CR).read_bytes()

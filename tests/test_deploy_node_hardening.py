@@ -20,7 +20,7 @@ import pydicom
 import pytest
 import requests
 from deploy_helpers import (
-    CR_RULES,
+    cr_pipelines,
     CT_RULES,
     SIIM_CR,
     ResultStore,
@@ -64,18 +64,9 @@ def runners(bundles) -> dict[str, BundleRunner]:
     return {"cls": BundleRunner(bundles["cxr_classification"]), "lung": BundleRunner(bundles["cxr_lung_segmentation"])}
 
 
-def _pipelines(bundles) -> list[dict]:
-    return [
-        {"name": "cls", "bundle": str(bundles["cxr_classification"]), "output": "sr", "rules": CR_RULES,
-         "single_instance": True},
-        {"name": "lung", "bundle": str(bundles["cxr_lung_segmentation"]), "output": "seg", "rules": CR_RULES,
-         "single_instance": True},
-    ]
-
-
 def _node(tmp_path: Path, bundles, runners, pacs_port: int = 9, **extra) -> InferenceNode:
     tmp_path.mkdir(parents=True, exist_ok=True)
-    path = node_config_file(tmp_path / "node.yaml", tmp_path / "spool", _pipelines(bundles),
+    path = node_config_file(tmp_path / "node.yaml", tmp_path / "spool", cr_pipelines(bundles),
                             {"ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}, **extra)
     node = InferenceNode(load_node_config(path), runners=runners)
     node.start()
@@ -373,7 +364,8 @@ def test_worker_survives_unwritable_reason_file(tmp_path, bundles, runners, data
         assert _store(node.dicom_port, [_cr(data_root)]) == [0x0000]
         wait_for(lambda: len(pacs.received) == 3, 120, what="the failure report and the next study's SR + SEG")
         health = requests.get(f"http://127.0.0.1:{node.health_port}/health", timeout=10).json()
-        assert health["worker"] == "ok" and (health["failed"], health["failure_reports"], health["processed"]) == (1, 1, 1)
+        assert health["worker"] == "ok"
+        assert (health["failed"], health["failure_reports"], health["processed"]) == (1, 1, 1)
         assert not (tmp_path / "spool" / "failed" / job / "reason.txt").exists()
     finally:
         node.stop()
@@ -416,7 +408,7 @@ def test_spool_permissions_and_no_patient_data_outside_dicom(tmp_path, bundles, 
     birth date, referrer and accession number appear in no file it writes besides the DICOM payloads; every
     association is logged; /metrics is Prometheus text, /health JSON."""
     pacs = ResultStore()
-    path = node_config_file(tmp_path / "node.yaml", tmp_path / "spool", _pipelines(bundles),
+    path = node_config_file(tmp_path / "node.yaml", tmp_path / "spool", cr_pipelines(bundles),
                             {"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port})
     spool = tmp_path / "spool"
     (spool / "tmp").mkdir(parents=True)

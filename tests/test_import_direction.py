@@ -1,7 +1,7 @@
 """Imports inside the package follow the data flow: data -> transforms -> networks / losses -> viz (maps and
-plots of what the networks give) -> engines -> evaluation -> deploy, with ``dicom`` (the SEG / SR writers) usable from transforms and deploy and ``utils``
-usable from everywhere. Every import of another ``dissect_monai`` subpackage is read from the source (module level
-and inside functions) and checked against that order."""
+plots of what the networks give) -> engines -> evaluation -> deploy, with ``dicom`` (the SEG / SR writers) usable
+from transforms and deploy and ``utils`` usable from everywhere. Every import of another ``dissect_monai``
+subpackage is read from the source (module level and inside functions) and checked against that order."""
 
 from __future__ import annotations
 

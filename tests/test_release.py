@@ -150,5 +150,5 @@ def test_transfer_stages_refuse_to_start_before_pretraining(stage: str, tmp_path
     settings = ReleaseSettings(repo=REPO, run_dir=tmp_path / "release")
     with pytest.raises(RuntimeError, match="pretrain stage has not finished"):
         run_stage(stage, settings, log=lambda text: None)
-    assert read_json(tmp_path / "release" / "stages.json")[stage] == {"wall_seconds": pytest.approx(0, abs=5),
-                                                                       "finished": False}
+    record = read_json(tmp_path / "release" / "stages.json")[stage]
+    assert record == {"wall_seconds": pytest.approx(0, abs=5), "finished": False}

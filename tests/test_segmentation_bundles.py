@@ -250,9 +250,9 @@ def test_bundle_dirs_have_docs_and_license():
 
 
 def test_lung_bundle_run_returns_a_non_square_mask_in_the_input_orientation(data_root, tmp_path):
-    """``python -m monai.bundle run`` of the lung inference config with its file writers (random weights: shape and orientation, not
-    quality) on a real image cropped to 256 rows x 200 columns: the mask comes back with the input's rows and
-    columns, in the PNG and (as MONAI's (W, H) axis order) in the NIfTI."""
+    """``python -m monai.bundle run`` of the lung inference config with its file writers (random weights: shape and
+    orientation, not quality) on a real image cropped to 256 rows x 200 columns: the mask comes back with the input's
+    rows and columns, in the PNG and (as MONAI's (W, H) axis order) in the NIfTI."""
     item = _lung_items(data_root, "test", 1)[0]
     studies = tmp_path / "studies"
     studies.mkdir()

@@ -363,7 +363,6 @@ class InferenceNode:
         log lines carry exception types and categories, never the patient's values.
         """
         started = time.perf_counter()
-        instances = self.spool.job_instances(job)
         try:
             outcome = self.jobs.run(job)
         except OSError as err:  # retried: the cause may pass (disk space)

@@ -81,7 +81,8 @@ def load_benchmark(
     written in the former ``(1, H, W)`` order is decoded again."""
     items = [it for split in ("train", "val") for it in dataset_datalist(spec.dataset, split, data_root)]
     items += dataset_datalist(spec.dataset, "test", data_root, drop_duplicates=False)
-    listing = f"{_LOADING}\n" + "\n".join(f"{it['image']},{it[spec.label_key]},{it['split']},{it['patient_id']}" for it in items)
+    listing = f"{_LOADING}\n" + "\n".join(f"{it['image']},{it[spec.label_key]},{it['split']},{it['patient_id']}"
+                                          for it in items)
     fingerprint = hashlib.sha1(listing.encode("utf-8")).hexdigest()[:16]
     cache = Path(cache_dir) / f"{spec.name}_{image_size}.npz"
     if cache.is_file():

@@ -132,8 +132,7 @@ def classification_rows(s: ReleaseSettings) -> list:
     rows = [reference_row("random", protocol), reference_row("supervised", protocol)]
     for method in PRETRAIN_METHODS:
         rows += checkpoint_rows(method, s.pretrain_dir(method) / "model.pt", method, protocol,
-                                    label=f"{METHOD_LABELS[method]}, {s.epochs} epochs",
-                                    finetune=True)
+                                label=f"{METHOD_LABELS[method]}, {s.epochs} epochs", finetune=True)
     return rows
 
 
