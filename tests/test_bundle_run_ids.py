@@ -54,18 +54,24 @@ def _train_overrides(name: str, out: Path) -> dict:
             "ckpt_dir": out / "models", "output_dir": out / "eval"}
 
 
-def _env() -> dict:
+def _env(data_root: Path | None) -> dict:
+    """This checkout first on the path; the datasets' root as a user sets it (``$DISSECT_DATA_DIR``), since from
+    inside a bundle folder the fallback ``../shared/data`` of the working directory does not exist."""
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    return dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    if data_root is not None:
+        env["DISSECT_DATA_DIR"] = str(data_root)
+    return env
 
 
-def _bundle_cli(run_id: str, configs: list[str], cwd: Path, overrides: dict) -> subprocess.CompletedProcess:
+def _bundle_cli(run_id: str, configs: list[str], cwd: Path, overrides: dict,
+                data_root: Path | None = None) -> subprocess.CompletedProcess:
     """``python -m monai.bundle run <run_id> --config_file <configs> --<key> <value> ...`` in ``cwd``."""
     files = configs[0] if len(configs) == 1 else str(configs)
     cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", files]
     for key, value in overrides.items():
         cmd += [f"--{key}", str(value)]
-    return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900)
+    return subprocess.run(cmd, cwd=cwd, env=_env(data_root), capture_output=True, text=True, timeout=900)
 
 
 def _ok(result: subprocess.CompletedProcess) -> None:
@@ -123,7 +129,8 @@ def test_wrong_bundle_root_stops_with_both_names():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_run_training_inside_the_bundle_folder_needs_no_other_flag(name, tmp_path, data_root):
-    result = _bundle_cli("training", ["configs/train.yaml"], BUNDLES / name, _train_overrides(name, tmp_path))
+    result = _bundle_cli("training", ["configs/train.yaml"], BUNDLES / name, _train_overrides(name, tmp_path),
+                         data_root)
     _ok(result)
     assert (tmp_path / "models" / "model.pt").is_file()
     assert "Setting logging properties based on config: configs/logging.conf" in result.stdout + result.stderr
