@@ -16,6 +16,7 @@ cell. After each stage ``results/release.{json,md}`` is rewritten. TorchScript i
 ``model.pt`` by ``python -m monai.bundle ckpt_export`` (:mod:`dissect_monai.engines.export`).
 
     python scripts/release.py --plan
+    nohup python scripts/release.py --stage pretrain --method dissect > ~/.cache/dissect-monai/release.log 2>&1 &
     nohup python scripts/release.py > ~/.cache/dissect-monai/release.log 2>&1 &
     python scripts/release.py --stage segmentation
 """
@@ -31,6 +32,7 @@ import torch
 from dissect_monai.evaluation.bundle_runs import StepBudget
 from dissect_monai.evaluation.release import (
     DEFAULT_RUN_DIR,
+    PRETRAIN_METHODS,
     STAGES,
     ReleaseSettings,
     plan,
@@ -50,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-root", type=Path, default=None, help="default: $DISSECT_DATA_DIR (default_data_root)")
     p.add_argument("--results", type=Path, default=REPO / "results", help="folder of release.{json,md}")
     p.add_argument("--epochs", type=int, default=60, help="pretraining epochs of both DiSSECT and BYOL")
+    p.add_argument("--method", choices=list(PRETRAIN_METHODS), action="append", dest="methods",
+                   help="pretraining run(s) the pretrain stage starts (repeatable; default: all of them)")
     p.add_argument("--batch-size", type=int, default=64, help="pretraining batch")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ft-steps", type=int, default=300, help="optimiser steps per fine-tune cell")
@@ -66,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         repo=REPO, run_dir=args.run_dir.expanduser().resolve(), data_root=args.data_root, epochs=args.epochs,
         batch_size=args.batch_size, threads=args.threads,
         finetune_budget=StepBudget(args.ft_steps, 32, 50), segmentation_budget=StepBudget(args.seg_steps, 16, 50),
-        segmentation_seeds=tuple(args.seg_seeds))
+        segmentation_seeds=tuple(args.seg_seeds), pretrain_methods=tuple(args.methods or PRETRAIN_METHODS))
     if args.plan:
         print(plan(settings))
         return 0

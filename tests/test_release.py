@@ -25,7 +25,15 @@ from dissect_monai.engines.export import (
     verify_large_files,
 )
 from dissect_monai.evaluation.metrics import format_mean_std
-from dissect_monai.evaluation.release import STAGES, ReleaseSettings, goal_status, paired_difference, plan, run_stage
+from dissect_monai.evaluation.release import (
+    STAGES,
+    ReleaseSettings,
+    goal_status,
+    paired_difference,
+    plan,
+    pretraining_runs,
+    run_stage,
+)
 from dissect_monai.evaluation.results import read_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,3 +160,14 @@ def test_transfer_stages_refuse_to_start_before_pretraining(stage: str, tmp_path
         run_stage(stage, settings, log=lambda text: None)
     record = read_json(tmp_path / "release" / "stages.json")[stage]
     assert record == {"wall_seconds": pytest.approx(0, abs=5), "finished": False}
+
+
+def test_pretrain_stage_can_start_one_method_and_stays_unfinished_until_both_ran(tmp_path: Path,
+                                                                                  data_root: Path) -> None:
+    settings = ReleaseSettings(repo=REPO, run_dir=tmp_path / "release", data_root=data_root, epochs=1,
+                               pretrain_methods=("byol",))
+    runs = pretraining_runs(settings)
+    assert [Path(run_dir).name for run_dir, _, _ in runs] == ["byol"]
+    assert "--quantizer" in runs[0][1] and runs[0][1][runs[0][1].index("--quantizer") + 1] == "False"
+    with pytest.raises(ValueError, match="unknown pretraining method"):
+        ReleaseSettings(repo=REPO, pretrain_methods=("mae",))

@@ -92,6 +92,13 @@ class ReleaseSettings:
     segmentation_budget: StepBudget = StepBudget(steps=300, batch_size=16, val_every_steps=50)
     segmentation_fractions: tuple[float, ...] = (0.1, 1.0)
     segmentation_seeds: tuple[int, ...] = (0, 1, 2)
+    #: pretraining runs the ``pretrain`` stage starts (one a session fits the 180-minute sessions); default both
+    pretrain_methods: tuple[str, ...] = tuple(PRETRAIN_METHODS)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.pretrain_methods) - set(PRETRAIN_METHODS))
+        if unknown:
+            raise ValueError(f"unknown pretraining method(s) {unknown}; the release pretrains {list(PRETRAIN_METHODS)}")
 
     def bundle(self, name: str) -> Path:
         return self.repo / "bundles" / name
@@ -110,10 +117,13 @@ class ReleaseSettings:
 
 
 def pretraining_runs(s: ReleaseSettings) -> list[tuple[Path, list[str], dict[str, Any]]]:
-    """``(run_dir, command, record)`` of the DiSSECT and BYOL (quantizer off) runs at the same budget."""
+    """``(run_dir, command, record)`` of the DiSSECT and BYOL (quantizer off) runs at the same budget (those of
+    ``s.pretrain_methods``)."""
     bundle = s.bundle("dissect_cxr_pretrain")
     runs = []
     for method, quantizer in PRETRAIN_METHODS.items():
+        if method not in s.pretrain_methods:
+            continue
         out = s.pretrain_dir(method)
         command = bundle_command(bundle, [bundle / "configs" / "train.yaml"], output_dir=out, log_dir=out / "logs",
                                  image_size=s.image_size, quantizer=quantizer, epochs=s.epochs,
@@ -169,11 +179,13 @@ def export_sources(s: ReleaseSettings) -> dict[str, Path]:
     }
 
 
-def run_pretraining(s: ReleaseSettings, log: Callable[[str], None]) -> None:
+def run_pretraining(s: ReleaseSettings, log: Callable[[str], None]) -> bool:
+    """Run (or resume) the pretraining runs of ``s.pretrain_methods``; ``True`` once every release run finished."""
     codes = run_recorded(pretraining_runs(s), threads=s.threads, cwd=s.repo)
     failed = {Path(d).name: c for d, c in codes.items() if c not in (None, 0)}
     if failed:
         raise RuntimeError(f"pretraining runs failed (see their train.log): {failed}")
+    return all(run_finished(s.pretrain_dir(m)) for m in PRETRAIN_METHODS)
 
 
 def run_classification(s: ReleaseSettings, log: Callable[[str], None]) -> None:
@@ -217,7 +229,8 @@ def run_export(s: ReleaseSettings, log: Callable[[str], None]) -> None:
         log(f"[export] {name}: {entry['path']} sha256 {entry['hash_val'][:12]}")
 
 
-STAGE_RUNNERS: dict[str, Callable[[ReleaseSettings, Callable[[str], None]], None]] = {
+#: a runner returns ``False`` when it ran only part of its stage (``pretrain`` with one of its methods)
+STAGE_RUNNERS: dict[str, Callable[[ReleaseSettings, Callable[[str], None]], bool | None]] = {
     "pretrain": run_pretraining, "classification": run_classification, "segmentation": run_segmentation,
     "export": run_export,
 }
@@ -230,8 +243,7 @@ def run_stage(name: str, s: ReleaseSettings, log: Callable[[str], None] = print)
     record_file = s.run_dir / "stages.json"
     start, finished = time.time(), False
     try:
-        STAGE_RUNNERS[name](s, log)
-        finished = True
+        finished = STAGE_RUNNERS[name](s, log) is not False
     finally:
         record = read_json(record_file) if record_file.is_file() else {}
         entry = record.setdefault(name, {"wall_seconds": 0.0, "finished": False})
