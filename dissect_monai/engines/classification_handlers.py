@@ -1,11 +1,10 @@
 """Ignite handlers of the classification bundle: a test report (ROC AUC overall, per class and per group, with a
-ROC plot) and per-image probability files."""
+ROC plot). Per-image probabilities are written by MONAI's ``SaveClassificationd`` (``configs/inference_files.yaml``)."""
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from monai.metrics import compute_roc_auc
 from dissect_monai.utils.serialization import json_safe
 from dissect_monai.viz.plots import roc_curves_plot
 
-__all__ = ["ClassificationReport", "ProbabilityWriter"]
+__all__ = ["ClassificationReport"]
 
 
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -134,59 +133,3 @@ class ClassificationReport:
         with open(self.output_dir / f"{self.prefix}metrics.json", "w", encoding="utf-8") as f:
             json.dump(json_safe(self.report), f, indent=2)
         roc_curves_plot(labels, preds, self.report["auc"], self.output_dir / f"{self.prefix}roc.png", title="test ROC")
-
-
-class ProbabilityWriter:
-    """Ignite handler: write each item's class probabilities, by class name, as JSON.
-
-    For every item of a batch, ``<output_dir>/<input file stem>.json`` gets
-    ``{"source": <input file name>, "probabilities": {"<class>": p, ...}}``, where the input file comes
-    from the image's ``filename_or_obj`` meta data; file stems are sanitised (only ``[A-Za-z0-9._-]``).
-    All results of the run are also kept in ``self.results``.
-
-    Args:
-        output_dir: folder for the JSON files (created).
-        class_names: names of the K outputs, in order (e.g. the metadata's ``channel_def``).
-        image_key: batch item key of the input image (its meta gives the file name).
-        output_transform: engine output -> list of per-item probability tensors ``(K,)``.
-    """
-
-    def __init__(
-        self,
-        output_dir: str | Path,
-        class_names: Sequence[str],
-        image_key: str = "image",
-        output_transform: Callable = from_engine(["pred"]),
-    ) -> None:
-        self.output_dir = Path(output_dir)
-        self.class_names = list(class_names)
-        self.image_key = image_key
-        self.output_transform = output_transform
-        self.results: list[dict[str, Any]] = []
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        preds = self.output_transform(engine.state.output)
-        items = _batch_items(engine.state.batch)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        for pred, item in zip(preds, items):
-            probs = np.asarray(pred.detach().float().cpu() if isinstance(pred, torch.Tensor) else pred).ravel()
-            if probs.size != len(self.class_names):
-                raise ValueError(
-                    f"prediction has {probs.size} values but {len(self.class_names)} class names were given."
-                )
-            source = _source_name(item.get(self.image_key))
-            result = {"source": source, "probabilities": dict(zip(self.class_names, map(float, probs)))}
-            self.results.append(result)
-            stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(source).stem if source else f"item{len(self.results)}")
-            with open(self.output_dir / f"{stem}.json", "w", encoding="utf-8") as f:
-                json.dump(result, f, indent=2)
-
-
-def _source_name(image: Any) -> str:
-    """File name (no directories) of an image's ``filename_or_obj`` meta data, or ``""``."""
-    meta = getattr(image, "meta", None) or {}
-    name = meta.get("filename_or_obj", "")
-    return Path(str(name)).name if name else ""
