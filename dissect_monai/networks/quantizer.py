@@ -17,11 +17,9 @@ from monai.networks.layers import Conv
 from monai.utils import ensure_tuple_rep
 from torch import nn
 
+from dissect_monai.utils.distributed import is_distributed
+
 __all__ = ["EMACodebook", "MultiScaleQuantizer"]
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -191,7 +189,7 @@ class EMACodebook(nn.Module):
         z = z.detach().float()
         counts = torch.bincount(indices, minlength=self.num_codes).float()
         sums = torch.zeros_like(self.ema_sum).index_add_(0, indices, z)
-        if _distributed():
+        if is_distributed():
             dist.all_reduce(counts)
             dist.all_reduce(sums)
         self.ema_count.mul_(self.decay).add_(counts, alpha=1.0 - self.decay)
@@ -217,7 +215,7 @@ class EMACodebook(nn.Module):
         else:
             rows = torch.randint(z.shape[0], (n,), device=z.device)
         new = F.normalize(z[rows], dim=1)
-        if _distributed():
+        if is_distributed():
             dist.broadcast(new, src=0)
         self.codebook[which] = new
         self.ema_sum[which] = new
