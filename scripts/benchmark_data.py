@@ -25,8 +25,8 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import DataLoader, Dataset
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundles" / "dissect_cxr_pretrain"
+from repo_paths import PRETRAIN_BUNDLE as BUNDLE
+from repo_paths import RESULTS
 
 
 def bundle_parser(image_size: int, batch_size: int, limit: int, workers: int) -> ConfigParser:
@@ -163,7 +163,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="passes over the cache per measurement")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers to compare")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--out", type=Path, default=REPO / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

@@ -38,9 +38,9 @@ from dissect_monai.deploy.jobs import series_matches
 from dissect_monai.deploy.node import InferenceNode
 from dissect_monai.dicom.uids import assign_missing_uids
 
-REPO = Path(__file__).resolve().parents[1]
-# tests/harness (Orthanc harness, untrained bundle copies) is test infrastructure shared with the deploy tests
-sys.path.insert(0, str(REPO / "tests"))
+from repo_paths import REPO, RESULTS, TEST_HARNESS
+
+sys.path.insert(0, str(TEST_HARNESS))
 from harness.bundles import untrained_copy  # noqa: E402
 from harness.orthanc import LocalOrthanc, free_port, wait_for  # noqa: E402
 
@@ -189,7 +189,7 @@ def main() -> None:
         parser.add_argument(flag, type=type(default), default=default)
     parser.add_argument("--config", default=str(REPO / "configs" / "deploy" / "node.yaml"))
     parser.add_argument("--allow-untrained", action="store_true")
-    parser.add_argument("--out", default=str(REPO / "results" / "pacs"))
+    parser.add_argument("--out", default=str(RESULTS / "pacs"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # the slot measurement's sockets make it shout

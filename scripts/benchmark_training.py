@@ -30,7 +30,7 @@ import torch
 import dissect_monai
 from dissect_monai.engines import throughput as tp
 
-REPO = Path(__file__).resolve().parents[1]
+from repo_paths import PRETRAIN_BUNDLE, REPO, RESULTS, RUNS
 LIGHTLY_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "lightly"]
 # variant name -> (precision mode, GEMM convolutions allowed)
 PRECISIONS = {"fp32": ("fp32", False), "bf16-onednn": ("bf16", False), "bf16-gemm": ("bf16", True)}
@@ -86,7 +86,7 @@ def end_to_end(size: int, args: argparse.Namespace, worker: LightlyWorker | None
         overrides = {"image_size": size, "quantizer": method == "dissect", "num_threads": args.threads}
         if args.num_workers is not None:
             overrides["num_workers"] = args.num_workers
-        out[f"bundle_{method}"] = r = tp.bundle_end_to_end(REPO / "bundles" / "dissect_cxr_pretrain", args.iterations,
+        out[f"bundle_{method}"] = r = tp.bundle_end_to_end(PRETRAIN_BUNDLE, args.iterations,
                                                            args.warmup_iterations, args.batch, overrides)
         print(f"end to end {method} at {size} px: {r['pairs_per_second']:.1f} pairs/s", flush=True)
     if worker:
@@ -119,12 +119,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--lightly-venv", type=Path, default=REPO / ".venv-lightly")
     parser.add_argument("--skip-lightly", action="store_true")
-    parser.add_argument("--out", type=Path, default=REPO / "results" / "training_throughput")
+    parser.add_argument("--out", type=Path, default=RESULTS / "training_throughput")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     machine_before = tp.machine_state()
     views = tp.real_view_pairs(args.sizes, args.batch)
-    views_file = REPO / "runs" / "benchmark_training_views.pt"
+    views_file = RUNS / "benchmark_training_views.pt"
     views_file.parent.mkdir(parents=True, exist_ok=True)
     torch.save(views, views_file)
     variants = {f"{m}/{p}": tp.ssl_step(m, *PRECISIONS[p], args.hidden, args.projection, args.lr)

@@ -34,9 +34,8 @@ from dissect_monai.evaluation.launch import RecordedRun, bundle_command, run_fin
 from dissect_monai.evaluation.reports import write_method_comparison
 from dissect_monai.networks.presets import method_names
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundles" / "dissect_cxr_pretrain"
-METHODS_DIR = REPO / "configs" / "methods"
+from repo_paths import METHODS_DIR, REPO, RESULTS, RUNS
+from repo_paths import PRETRAIN_BUNDLE as BUNDLE
 
 
 def epochs_of(args: argparse.Namespace, method: str) -> int:
@@ -115,7 +114,7 @@ def plan(args: argparse.Namespace) -> None:
     print(f"budget: {len(args.methods)} methods x {args.epochs} epoch(s) at {args.image_size} px, batch "
           f"{args.batch_size}, {args.threads} thread(s), one run at a time")
     for m in args.methods:
-        record_file = REPO / "runs" / "pretrain" / f"{m}_64" / "run.json"
+        record_file = RUNS / "pretrain" / f"{m}_64" / "run.json"
         measured = read_json(record_file) if record_file.is_file() else {}
         if measured.get("wall_seconds"):
             estimate = measured["wall_seconds"] / float(measured.get("epochs") or 1) * (args.image_size / 64) ** 2
@@ -143,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seg-seeds", type=int, nargs="+", default=[0], help="seeds of the lung segmentation runs")
     ap.add_argument("--ft-steps", type=int, default=300, help="supervised reference row: optimiser steps per cell")
     ap.add_argument("--ft-batch", type=int, default=32, help="supervised reference row: batch size")
-    ap.add_argument("--work-dir", type=Path, default=REPO / "runs" / "compare")
-    ap.add_argument("--results-dir", type=Path, default=REPO / "results" / "compare")
+    ap.add_argument("--work-dir", type=Path, default=RUNS / "compare")
+    ap.add_argument("--results-dir", type=Path, default=RESULTS / "compare")
     ap.add_argument("--plan", action="store_true", help="print the budget estimate and exit")
     args = ap.parse_args(argv)
     args.reduced_epochs = {m: int(e) for m, e in (item.split("=", 1) for item in args.reduced_epochs)}

@@ -40,10 +40,7 @@ from dissect_monai.evaluation import (
 from dissect_monai.evaluation.reports import write_label_efficiency_report
 from dissect_monai.networks.presets import method_names
 
-REPO = Path(__file__).resolve().parents[1]
-CLASSIFICATION_BUNDLE = REPO / "bundles" / "dissect_cxr_classification"
-METHODS_DIR = REPO / "configs" / "methods"
-PRETRAIN_BUNDLE = REPO / "bundles" / "dissect_cxr_pretrain"
+from repo_paths import CLASSIFICATION_BUNDLE, METHODS_DIR, PRETRAIN_BUNDLE, RESULTS, RUNS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,8 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--depth", type=int, default=18, help="ResNet depth of the ResNet methods' encoders")
     p.add_argument("--data-root", type=Path, default=None, help="default: $DISSECT_DATA_DIR (default_data_root)")
-    p.add_argument("--work-dir", type=Path, default=REPO / "runs" / "representations")
-    p.add_argument("--results", type=Path, default=REPO / "results" / "representations",
+    p.add_argument("--work-dir", type=Path, default=RUNS / "representations")
+    p.add_argument("--results", type=Path, default=RESULTS / "representations",
                    help="output prefix: <prefix>.json, .md, .png")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])

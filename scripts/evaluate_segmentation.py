@@ -37,11 +37,9 @@ from dissect_monai.evaluation import (
 from dissect_monai.evaluation.reports import write_segmentation_report
 from dissect_monai.networks.presets import method_names
 
-REPO = Path(__file__).resolve().parents[1]
-LUNG = REPO / "bundles" / "dissect_cxr_lung_segmentation"
-CT = REPO / "bundles" / "dissect_ct_segmentation"
-METHODS_DIR = REPO / "configs" / "methods"
-PRETRAIN_BUNDLE = REPO / "bundles" / "dissect_cxr_pretrain"
+from repo_paths import CT_BUNDLE as CT
+from repo_paths import LUNG_BUNDLE as LUNG
+from repo_paths import METHODS_DIR, PRETRAIN_BUNDLE, RESULTS, RUNS
 
 
 def lung_rows(encoders: list[str], methods: dict[str, str]) -> tuple[list[LungRow], list[str]]:
@@ -78,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-lung", action="store_true", help="skip the 2D runs (e.g. the 3D run alone)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data-root", type=Path, default=None, help="default: $DISSECT_DATA_DIR (default_data_root)")
-    ap.add_argument("--work-dir", type=Path, default=REPO / "runs" / "segmentation")
-    ap.add_argument("--results", type=Path, default=REPO / "results" / "segmentation")
+    ap.add_argument("--work-dir", type=Path, default=RUNS / "segmentation")
+    ap.add_argument("--results", type=Path, default=RESULTS / "segmentation")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:

@@ -34,9 +34,7 @@ from dissect_monai.data import default_data_root
 from dissect_monai.networks.presets import method_names
 from dissect_monai.viz.maps_report import write_encoder_maps
 
-REPO = Path(__file__).resolve().parents[1]
-METHODS_DIR = REPO / "configs" / "methods"
-PRETRAIN_BUNDLE = REPO / "bundles" / "dissect_cxr_pretrain"
+from repo_paths import METHODS_DIR, PRETRAIN_BUNDLE, REPO, RESULTS, RUNS
 RANDOM_REFERENCES = {"random_resnet18": "byol", "random_vit": "mae"}
 
 
@@ -60,13 +58,13 @@ def discover_runs(runs_dir: Path) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "pretrain")
+    ap.add_argument("--runs-dir", type=Path, default=RUNS / "pretrain")
     ap.add_argument("--run", action="append", default=[], help="name=method:path/to/model.pt (repeatable)")
     ap.add_argument("--image-size", type=int, default=64, help="size of the runs given with --run")
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--typical-images", type=int, default=32, help="test images searched for typical code patches")
     ap.add_argument("--data-root", type=Path, default=None, help="default: $DISSECT_DATA_DIR (default_data_root)")
-    ap.add_argument("--out", type=Path, default=REPO / "results" / "maps")
+    ap.add_argument("--out", type=Path, default=RESULTS / "maps")
     ap.add_argument("--no-random", action="store_true", help="leave out the random-init reference rows")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

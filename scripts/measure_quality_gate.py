@@ -37,9 +37,9 @@ from dissect_monai.data.datalists import default_data_root
 from dissect_monai.deploy.bundle_runner import BundleRunner
 from dissect_monai.networks.quality_gate import EmbeddingGate
 
-REPO = Path(__file__).resolve().parents[1]
-# tests/harness (untrained bundle copies) is test infrastructure, shared with scripts/benchmark_pacs.py
-sys.path.insert(0, str(REPO / "tests"))
+from repo_paths import CLASSIFICATION_BUNDLE, RESULTS, RUNS, TEST_HARNESS
+
+sys.path.insert(0, str(TEST_HARNESS))
 from harness.bundles import untrained_copy  # noqa: E402
 
 
@@ -125,10 +125,10 @@ def markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bundle", type=Path, default=REPO / "bundles" / "dissect_cxr_classification")
+    parser.add_argument("--bundle", type=Path, default=CLASSIFICATION_BUNDLE)
     parser.add_argument("--quantile", type=float, default=0.99)
     parser.add_argument("--limit", type=int, default=None, help="at most this many images per set (smoke runs)")
-    parser.add_argument("--out", type=Path, default=REPO / "results" / "quality_gate")
+    parser.add_argument("--out", type=Path, default=RESULTS / "quality_gate")
     parser.add_argument("--save", action="store_true", help="write <bundle>/models/quality_gate.pt")
     parser.add_argument("--allow-untrained", action="store_true", help="random encoder; output goes under runs/")
     args = parser.parse_args(argv)
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         gate, report = measure(runner, default_data_root(), args.quantile, args.limit)
     report.update(weights="trained (models/model.pt)" if trained else "UNTRAINED random init: numbers mean nothing",
                   bundle=args.bundle.name, torch=torch.__version__, platform=platform.platform())
-    out = args.out if trained else REPO / "runs" / "quality_gate_untrained" / args.out.name
+    out = args.out if trained else RUNS / "quality_gate_untrained" / args.out.name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(report))

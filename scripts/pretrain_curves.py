@@ -19,14 +19,14 @@ from pathlib import Path
 
 from dissect_monai.evaluation.pretraining import write_pretraining_report
 
-REPO = Path(__file__).resolve().parents[1]
+from repo_paths import RESULTS, RUNS
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", default=["dissect_64", "byol_64"])
-    parser.add_argument("--runs_dir", type=Path, default=REPO / "runs" / "pretrain")
-    parser.add_argument("--out_dir", type=Path, default=REPO / "results")
+    parser.add_argument("--runs_dir", type=Path, default=RUNS / "pretrain")
+    parser.add_argument("--out_dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     run_dirs = [args.runs_dir / name for name in args.runs if (args.runs_dir / name).is_dir()]
     if not run_dirs:

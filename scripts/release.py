@@ -40,7 +40,7 @@ from dissect_monai.evaluation.release import (
     write_release_report,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+from repo_paths import REPO, RESULTS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--report-only", action="store_true", help="only rewrite results/release.* from the run folder")
     p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
     p.add_argument("--data-root", type=Path, default=None, help="default: $DISSECT_DATA_DIR (default_data_root)")
-    p.add_argument("--results", type=Path, default=REPO / "results", help="folder of release.{json,md}")
+    p.add_argument("--results", type=Path, default=RESULTS, help="folder of release.{json,md}")
     p.add_argument("--epochs", type=int, default=60, help="pretraining epochs of both DiSSECT and BYOL")
     p.add_argument("--method", choices=list(PRETRAIN_METHODS), action="append", dest="methods",
                    help="pretraining run(s) the pretrain stage starts (repeatable; default: all of them)")

@@ -25,8 +25,10 @@ from pathlib import Path
 
 from dissect_monai.evaluation.launch import bundle_command, run_recorded
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundles" / "dissect_cxr_pretrain"
+from repo_paths import PRETRAIN_BUNDLE as BUNDLE
+from repo_paths import REPO
+from repo_paths import RUNS as RUNS_DIR
+
 RUNS = {
     "dissect_64": {"quantizer": True, "image_size": 64},
     "byol_64": {"quantizer": False, "image_size": 64},
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save_interval", type=int, default=0, help="iterations; default: one epoch")
     parser.add_argument("--dataset_dir", default=None, help="default: the bundle's ($DISSECT_DATA_DIR)")
     parser.add_argument("--parallel", action="store_true", help="run all at once (with --threads 1)")
-    parser.add_argument("--runs_dir", type=Path, default=REPO / "runs" / "pretrain")
+    parser.add_argument("--runs_dir", type=Path, default=RUNS_DIR / "pretrain")
     args = parser.parse_args(argv)
     runs = [(args.runs_dir / name, command(name, args.runs_dir / name, args),
              {"name": name, "method": "dissect" if RUNS[name]["quantizer"] else "byol",
