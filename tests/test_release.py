@@ -33,6 +33,7 @@ from dissect_monai.evaluation.release import (
     plan,
     pretraining_runs,
     run_stage,
+    write_release_report,
 )
 from dissect_monai.evaluation.results import read_json
 
@@ -162,8 +163,7 @@ def test_transfer_stages_refuse_to_start_before_pretraining(stage: str, tmp_path
     assert record == {"wall_seconds": pytest.approx(0, abs=5), "finished": False}
 
 
-def test_pretrain_stage_can_start_one_method_and_stays_unfinished_until_both_ran(tmp_path: Path,
-                                                                                  data_root: Path) -> None:
+def test_pretrain_stage_can_start_one_method(tmp_path: Path, data_root: Path) -> None:
     settings = ReleaseSettings(repo=REPO, run_dir=tmp_path / "release", data_root=data_root, epochs=1,
                                pretrain_methods=("byol",))
     runs = pretraining_runs(settings)
@@ -171,3 +171,38 @@ def test_pretrain_stage_can_start_one_method_and_stays_unfinished_until_both_ran
     assert "--quantizer" in runs[0][1] and runs[0][1][runs[0][1].index("--quantizer") + 1] == "False"
     with pytest.raises(ValueError, match="unknown pretraining method"):
         ReleaseSettings(repo=REPO, pretrain_methods=("mae",))
+
+
+def _finished_run(run_dir: Path, epochs: int = 2) -> None:
+    """A pretraining run folder as a finished bundle run leaves it: model.pt, run.json (exit 0), metrics.jsonl."""
+    (run_dir / "logs").mkdir(parents=True)
+    torch.save({}, run_dir / "model.pt")
+    (run_dir / "run.json").write_text(json.dumps({"epochs": epochs, "image_size": 64, "returncode": 0,
+                                                  "wall_seconds": 10.0, "threads": 2, "command": "python -m ..."}))
+    records = [{"kind": "iteration", "iteration": e, "epoch": e, "loss": 1.0 / e, "images_per_s": 50.0}
+               for e in range(1, epochs + 1)]
+    records += [{"kind": "epoch", "iteration": e, "epoch": e, "epoch_time_s": 4.0, "loss": 1.0 / e}
+                for e in range(1, epochs + 1)]
+    (run_dir / "logs" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+
+
+def test_pretrain_stage_is_finished_only_once_both_runs_are(tmp_path: Path, data_root: Path) -> None:
+    run_dir = tmp_path / "release"
+    settings = ReleaseSettings(repo=REPO, run_dir=run_dir, data_root=data_root, epochs=2, pretrain_methods=("dissect",))
+    _finished_run(settings.pretrain_dir("dissect"))  # finished runs are skipped, so nothing trains here
+    run_stage("pretrain", settings, log=lambda text: None)
+    assert read_json(run_dir / "stages.json")["pretrain"]["finished"] is False
+    _finished_run(settings.pretrain_dir("byol"))
+    run_stage("pretrain", settings, log=lambda text: None)
+    assert read_json(run_dir / "stages.json")["pretrain"]["finished"] is True
+
+
+def test_release_report_has_the_pretraining_runs(tmp_path: Path, data_root: Path) -> None:
+    settings = ReleaseSettings(repo=REPO, run_dir=tmp_path / "release", data_root=data_root, epochs=2)
+    _finished_run(settings.pretrain_dir("dissect"))
+    write_release_report(settings, tmp_path / "results")
+    text = (tmp_path / "results" / "release.md").read_text()
+    assert "# Pretraining" in text and "| dissect | 64 | 2 / 2 | 2 | True | 8.0 | 4.0 | 10.0 | 2 | 50.0 | 0.5 |" in text
+    assert "| pretrain | — | False |" in text  # the stage was not run through run_stage
+    assert (tmp_path / "results" / "release_pretraining_curves.png").is_file()
+    assert "| 2 |" in (tmp_path / "results" / "release_pretraining.md").read_text()  # every epoch there
