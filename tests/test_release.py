@@ -206,3 +206,6 @@ def test_release_report_has_the_pretraining_runs(tmp_path: Path, data_root: Path
     assert "| pretrain | — | False |" in text  # the stage was not run through run_stage
     assert (tmp_path / "results" / "release_pretraining_curves.png").is_file()
     assert "| 2 |" in (tmp_path / "results" / "release_pretraining.md").read_text()  # every epoch there
+    # stages without results yet get no report (not an empty table with made-up budgets)
+    assert "# Classification" not in text and "# Lung segmentation" not in text
+    assert not (tmp_path / "results" / "release_segmentation.md").exists()
