@@ -3,7 +3,8 @@
 
 Stages (:mod:`dissect_monai.evaluation.release`, every one through the bundles' own configs):
 
-1. ``pretrain``        DiSSECT and BYOL (quantizer off), ResNet-18, 64 px, the same ``--epochs`` (default 60)
+1. ``pretrain``        DiSSECT and BYOL (quantizer off), ResNet-18, 64 px, the same ``--epochs`` (default 120:
+                       about 2.5 h of DiSSECT on the idle 2-core machine); ``--method`` starts one of them
 2. ``classification``  Kermany and NIH pneumonia: linear probe 1 / 5 / 10 / 100 % (5 label samples below 100 %),
                        fine-tune 10 % (3 samples) and 100 %; DiSSECT, BYOL, random-init and supervised rows; per-view
                        AUC and the NIH view-shortcut probe
@@ -51,7 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
     p.add_argument("--data-root", type=Path, default=None, help="default: $DISSECT_DATA_DIR (default_data_root)")
     p.add_argument("--results", type=Path, default=RESULTS, help="folder of release.{json,md}")
-    p.add_argument("--epochs", type=int, default=60, help="pretraining epochs of both DiSSECT and BYOL")
+    p.add_argument("--epochs", type=int, default=ReleaseSettings.epochs,
+                   help="pretraining epochs of both DiSSECT and BYOL")
     p.add_argument("--method", choices=list(PRETRAIN_METHODS), action="append", dest="methods",
                    help="pretraining run(s) the pretrain stage starts (repeatable; default: all of them)")
     p.add_argument("--batch-size", type=int, default=64, help="pretraining batch")
