@@ -157,6 +157,11 @@ def lung_rows(s: ReleaseSettings) -> list[LungRow]:
     return rows
 
 
+def started_pretraining(s: ReleaseSettings) -> list[Path]:
+    """The folders of the release's pretraining runs that have started (finished or not)."""
+    return [s.pretrain_dir(m) for m in PRETRAIN_METHODS if s.pretrain_dir(m).is_dir()]
+
+
 def require_pretraining(s: ReleaseSettings) -> None:
     """Raise ``RuntimeError`` naming the pretraining runs of the run folder that have not finished."""
     missing = [str(s.pretrain_dir(m)) for m in PRETRAIN_METHODS if not run_finished(s.pretrain_dir(m))]
@@ -277,8 +282,8 @@ def collect_release(s: ReleaseSettings) -> dict[str, Any]:
         "classification": summarise(stored),
         "probe_auc_by_seed": by_seed,
         "lung": collect_runs(s.run_dir / "segmentation")["lung"],
-        "pretraining": [{k: v for k, v in summarise_run(s.pretrain_dir(m)).items() if not k.startswith("_")}
-                        for m in PRETRAIN_METHODS if s.pretrain_dir(m).is_dir()],
+        "pretraining": [{k: v for k, v in summarise_run(d).items() if not k.startswith("_")}
+                        for d in started_pretraining(s)],
         "stages": read_json(stages_file) if stages_file.is_file() else {},
     }
 
@@ -365,13 +370,12 @@ def _stage_cells(s: ReleaseSettings) -> dict[str, tuple[int, int, float]]:
     """Per stage: cells finished, cells in all and the estimated seconds of what is left."""
     steps_per_epoch = math.ceil(len(pretraining_pool(s.data)) / s.batch_size)
     seconds_per = dict(ESTIMATED_SECONDS_PER_STEP)
-    for method in PRETRAIN_METHODS:  # measured seconds per iteration of what has run
-        summary = summarise_run(s.pretrain_dir(method))
+    summaries = {m: summarise_run(s.pretrain_dir(m)) for m in PRETRAIN_METHODS}  # each run's log read once
+    for summary in summaries.values():  # measured seconds per iteration of what has run
         if summary["iterations_done"]:
             seconds_per["pretrain"] = summary["training_time_s"] / summary["iterations_done"]
     pretrain_left = sum(0 if run_finished(s.pretrain_dir(m)) else
-                        s.epochs * steps_per_epoch - summarise_run(s.pretrain_dir(m))["iterations_done"]
-                        for m in PRETRAIN_METHODS)
+                        s.epochs * steps_per_epoch - summaries[m]["iterations_done"] for m in PRETRAIN_METHODS)
     out = {"pretrain": (sum(run_finished(s.pretrain_dir(m)) for m in PRETRAIN_METHODS), len(PRETRAIN_METHODS),
                         pretrain_left * seconds_per["pretrain"])}
     # rows of runs that have not finished yet are counted as they will be
@@ -466,7 +470,7 @@ def write_release_report(s: ReleaseSettings, results_dir: str | os.PathLike) -> 
         write_segmentation_report({**collect_runs(s.run_dir / "segmentation"), "missing_encoders": []},
                                   results_dir / "release_segmentation", source=REPORT_SOURCE)
         parts_written.append(("Lung segmentation", "release_segmentation"))
-    pretrained = [s.pretrain_dir(m) for m in PRETRAIN_METHODS if s.pretrain_dir(m).is_dir()]
+    pretrained = started_pretraining(s)
     summaries = (write_pretraining_report(pretrained, results_dir, name="release_pretraining", source=REPORT_SOURCE)
                  if pretrained else [])
     lung = {k: {m: v.as_dict() for m, v in row.items()} for k, row in lung_summary(collected["lung"]).items()}
