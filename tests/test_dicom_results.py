@@ -92,6 +92,32 @@ def test_results_never_fail_on_demographics(keyword, vr, raw, expected, output, 
     assert source[keyword].value == raw.decode().strip()  # the source is not modified
 
 
+#: the Type 2 patient and study attributes highdicom reads from the source of every SEG and SR
+TYPE2_READ_BY_HIGHDICOM = ["PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+                           "StudyDate", "StudyTime"]
+
+
+@pytest.mark.parametrize("keyword", TYPE2_READ_BY_HIGHDICOM)
+@pytest.mark.parametrize("output", ["sr", "seg"])
+def test_results_never_fail_on_a_missing_type2_attribute(keyword, output, data_root, caplog):
+    """Real files (anonymised ones, converted PNGs) lack Type 2 attributes; the result carries them empty."""
+    source = pydicom.dcmread(data_root / SIIM_CR)
+    if keyword in source:
+        del source[keyword]
+    with caplog.at_level(logging.WARNING):
+        if output == "sr":
+            result = build_classification_sr([source], {"pneumonia": 0.25}, ALGORITHM)
+        else:
+            result = build_segmentation([source], np.ones((int(source.Rows), int(source.Columns)), np.uint8),
+                                        {1: "lung"}, ALGORITHM)
+    buffer = io.BytesIO()
+    result.save_as(buffer, enforce_file_format=True)
+    written = pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+    assert keyword in written and not written[keyword].value  # present, empty (Type 2)
+    assert f"source attribute {keyword} is missing" in caplog.text
+    assert keyword not in source  # the source is not modified
+
+
 def test_undecodable_element_left_out(data_root, caplog):
     source = pydicom.dcmread(data_root / SIIM_CR)
     tag = Tag("PixelRepresentation")

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 
 import highdicom as hd
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException
@@ -117,6 +118,9 @@ def concept_for_name(name: str, scheme: str = "SCT") -> hd.sr.CodedConcept:
 
 
 _PLANE_GEOMETRY = ("ImagePositionPatient", "ImageOrientationPatient")
+#: Type 2 patient / study attributes highdicom reads from the source of every SEG and SR (it fails without them)
+_TYPE2_READ_BY_HIGHDICOM = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
+                            "StudyID", "StudyDate", "StudyTime")
 
 
 def reference_view(ds: Dataset) -> Dataset:
@@ -128,6 +132,8 @@ def reference_view(ds: Dataset) -> Dataset:
     * an empty SOPClassUID (e.g. anonymised CT) is taken from the file meta MediaStorageSOPClassUID;
     * a projection image (no ImagePositionPatient / ImageOrientationPatient) loses PixelSpacing, which highdicom
       would write as a Pixel Measures item without SliceThickness that highdicom 0.28 itself cannot read back;
+    * a Type 2 patient / study attribute that highdicom reads (:data:`_TYPE2_READ_BY_HIGHDICOM`) and the source
+      lacks (anonymised files, converted PNGs) is added empty, as Type 2 allows;
     * top-level values that are not valid DICOM (``PatientBirthDate = '1961-07-04'``, ``PatientSex = 'male'``,
       over-long names) are repaired or emptied (:func:`dissect_monai.dicom.attributes.sanitised_element`), and
       an element whose value cannot even be decoded is left out; each with a warning naming the keyword only.
@@ -146,6 +152,10 @@ def reference_view(ds: Dataset) -> Dataset:
         if element.keyword == "PixelData" or (projection and element.keyword == "PixelSpacing"):
             continue
         view.add(sanitised_element(element))
+    for keyword in _TYPE2_READ_BY_HIGHDICOM:
+        if keyword not in view:
+            logger.warning("source attribute %s is missing: empty in the result", keyword)
+            view.add(DataElement(Tag(keyword), dictionary_VR(keyword), None))
     if not str(view.get("SOPClassUID", "")).strip():
         meta_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "").strip()
         if not meta_class:
