@@ -2,8 +2,9 @@
 a folder of real chest X-rays (PNG and DICOM), with the shipped release weights and no training step.
 
 The folder holds lung-seg test images as PNG and the same pixels as DICOM CR, so every mask is scored against the
-human-drawn ground truth, plus the real SIIM chest CR of ``dicom-samples`` (no ground truth: its mask must cover a
-plausible share of the image). Skipped while the bundle ships no weights (``models/model.pt``, release 1.0).
+human-drawn ground truth, plus two real chest CRs without ground truth, the SIIM CR of ``dicom-samples`` (8 bit,
+JPEG baseline) and pydicom-data's RG1_UNCR (16 bit, 1955 x 1841): their masks must have the image's size and cover a
+plausible share of it. Skipped while the bundle ships no weights (``models/model.pt``, release 1.0).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
+from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -80,6 +82,11 @@ def test_readme_inference_command_gives_lung_masks_on_png_and_dicom(data_root: P
         cr_from_png(root / row["image"], images / f"{stem}_cr.dcm")
         truth[stem] = truth[f"{stem}_cr"] = np.asarray(Image.open(root / row["mask"]).convert("L")) > 0
     shutil.copy(data_root / SIIM_CR, images / "siim_cr.dcm")
+    shutil.copy(get_testdata_file("RG1_UNCR.dcm"), images / "rg1_uncr.dcm")
+    unlabelled = {}  # stem -> (Rows, Columns)
+    for stem in ("siim_cr", "rg1_uncr"):
+        header = pydicom.dcmread(images / f"{stem}.dcm", stop_before_pixels=True)
+        unlabelled[stem] = (int(header.Rows), int(header.Columns))
     clone = tmp_path / BUNDLE.name  # the bundle as a fresh clone has it, weights included
     shutil.copytree(BUNDLE, clone, ignore=shutil.ignore_patterns("eval", "runs", "__pycache__"))
     command = [sys.executable if arg == "python" else arg for arg in readme_inference_command()]
@@ -94,11 +101,12 @@ def test_readme_inference_command_gives_lung_masks_on_png_and_dicom(data_root: P
         mask = np.asarray(Image.open(mask_file)) > 0
         assert mask.shape == expected.shape, f"{stem}: mask {mask.shape}, image {expected.shape}"
         assert dice(mask, expected) > DICE_FLOOR, f"{stem}: Dice {dice(mask, expected):.3f} <= {DICE_FLOOR}"
-    (siim_mask_file,) = out.rglob("siim_cr_seg.png")
-    siim = np.asarray(Image.open(siim_mask_file)) > 0
-    assert siim.shape == (1024, 1024) and 0.1 < siim.mean() < 0.6, f"SIIM CR lung share {siim.mean():.2f}"
+    for stem, shape in unlabelled.items():
+        (mask_file,) = out.rglob(f"{stem}_seg.png")
+        mask = np.asarray(Image.open(mask_file)) > 0
+        assert mask.shape == shape and 0.1 < mask.mean() < 0.6, f"{stem}: {mask.shape}, lung share {mask.mean():.2f}"
     segs = [pydicom.dcmread(p) for p in out.rglob("*.dcm")]
-    assert sorted(s.Modality for s in segs) == ["SEG"] * (N_IMAGES + 1)  # one DICOM SEG per DICOM input
+    assert sorted(s.Modality for s in segs) == ["SEG"] * (N_IMAGES + len(unlabelled))  # one per DICOM input
     sources = {pydicom.dcmread(p).SOPInstanceUID for p in images.glob("*.dcm")}
     assert {s.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
             for s in segs} == sources
