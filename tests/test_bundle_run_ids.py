@@ -48,7 +48,7 @@ def _train_overrides(name: str, out: Path) -> dict:
                                      "dissect_monai.data.dataset_datalist(@dataset_name, 'val', @dataset_dir), 0.1)",
                 "output_dir": out / "models", "log_dir": out / "runs"}
     if name == "dissect_cxr_lung_segmentation":
-        return {"epochs": 1, "batch_size": 4, "label_fraction": 0.03, "validate#datalist": LUNG_VAL,
+        return {"epochs": 1, "image_size": 64, "batch_size": 4, "label_fraction": 0.03, "validate#datalist": LUNG_VAL,
                 "ckpt_dir": out / "models", "output_dir": out / "eval"}
     return {"epochs": 1, "val_interval": 1, "train#random_transforms#0#num_samples": 2,
             "ckpt_dir": out / "models", "output_dir": out / "eval"}

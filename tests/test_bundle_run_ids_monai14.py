@@ -31,7 +31,7 @@ def _run(args: list[str], cwd, data_root=None) -> subprocess.CompletedProcess:
 
 def test_run_training_inside_the_bundle_folder_on_monai_1_4(tmp_path, data_root):
     result = _run(["training", "--config_file", "configs/train.yaml", "--epochs", "1", "--batch_size", "4",
-                   "--label_fraction", "0.03", "--validate#datalist", LUNG_VAL,
+                   "--image_size", "64", "--label_fraction", "0.03", "--validate#datalist", LUNG_VAL,
                    "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval")], BUNDLE, data_root)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "models" / "model.pt").is_file()

@@ -31,6 +31,9 @@ from dissect_monai.transforms import load_image_transforms
 REPO = Path(__file__).resolve().parents[1]
 LUNG = REPO / "bundles" / "dissect_cxr_lung_segmentation"
 CT = REPO / "bundles" / "dissect_ct_segmentation"
+#: the lung runs of these mechanics tests train and test at this size, whatever the bundle's default (256 once the
+#: release weights ship)
+LUNG_TEST_SIZE = 64
 
 
 @pytest.fixture(autouse=True)
@@ -89,7 +92,7 @@ def lung_model(tmp_path_factory, data_root) -> Path:
     out = tmp_path_factory.mktemp("lung_train")
     wf = _workflow(
         LUNG, ["train.yaml"], "train",
-        ckpt_dir=str(out / "models"), output_dir=str(out / "eval"), epochs=2, batch_size=8,
+        ckpt_dir=str(out / "models"), output_dir=str(out / "eval"), epochs=2, batch_size=8, image_size=LUNG_TEST_SIZE,
         **{"train#dataset#data": _lung_items(data_root, "train", 16),
            "validate#dataset#data": _lung_items(data_root, "val", 4)},
     )
@@ -103,7 +106,7 @@ def lung_model(tmp_path_factory, data_root) -> Path:
 def test_lung_train_then_evaluate_on_real_test_images(lung_model, data_root, tmp_path):
     wf = _workflow(
         LUNG, ["train.yaml", "evaluate.yaml"], "train",
-        ckpt_dir=str(lung_model.parent), output_dir=str(tmp_path),
+        ckpt_dir=str(lung_model.parent), output_dir=str(tmp_path), image_size=LUNG_TEST_SIZE,
         **{"validate#dataset#data": _lung_items(data_root, "test", 3)},
     )
     wf.run()
