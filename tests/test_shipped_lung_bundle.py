@@ -3,16 +3,14 @@ a folder of real chest X-rays (PNG and DICOM), with the shipped release weights 
 
 The folder holds lung-seg test images as PNG and the same pixels as DICOM CR, so every mask is scored against the
 human-drawn ground truth, plus two real chest CRs without ground truth, the SIIM CR of ``dicom-samples`` (8 bit,
-JPEG baseline) and pydicom-data's RG1_UNCR (16 bit, 1955 x 1841): their masks must have the image's size and cover a
-plausible share of it. Skipped while the bundle ships no weights (``models/model.pt``, release 1.0).
+JPEG baseline) and pydicom-data's RG1_UNCR (15 bit, MONOCHROME1, 1955 x 1841): their masks must have the image's
+size and cover a plausible share of it. Skipped while the bundle ships no weights (``models/model.pt``, release 1.0).
 """
 
 from __future__ import annotations
 
 import csv
 import os
-import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -23,46 +21,18 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from newcomer import cr_from_image, readme_command
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "dissect_cxr_lung_segmentation"
 SIIM_CR = Path("dicom-samples", "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm")
-CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 N_IMAGES = 3
 #: lowest per-image test Dice accepted from the shipped weights (the release goal for the mean is 0.95)
 DICE_FLOOR = 0.85
 
 pytestmark = pytest.mark.skipif(not (BUNDLE / "models" / "model.pt").is_file(),
                                 reason="the lung bundle ships no weights yet (models/model.pt, release 1.0)")
-
-
-def readme_inference_command() -> list[str]:
-    """The README's command for inference on a folder of images, as argv (its line continuations joined)."""
-    text = (BUNDLE / "docs" / "README.md").read_text()
-    match = re.search(r"# inference on a folder[^\n]*\n(python -m monai\.bundle run (?:[^\n]*\\\n)*[^\n]*)", text)
-    assert match, "docs/README.md has no inference command under '# inference on a folder ...'"
-    return shlex.split(match.group(1).replace("\\\n", " "))
-
-
-def cr_from_png(png: Path, target: Path) -> None:
-    """A DICOM CR (MONOCHROME2, 8 bit, explicit VR little endian) holding the pixels of an 8-bit grayscale PNG."""
-    pixels = np.asarray(Image.open(png).convert("L"), dtype=np.uint8)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CR_IMAGE_STORAGE, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CR_IMAGE_STORAGE, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.PatientName, ds.PatientID, ds.ViewPosition = "CR", "Newcomer^Test", "NEWCOMER", "PA"
-    ds.StudyDate, ds.StudyTime, ds.SeriesNumber, ds.InstanceNumber = "20261201", "120000", 1, 1
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = pixels.tobytes()
-    pydicom.dcmwrite(target, ds, enforce_file_format=True)
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -79,7 +49,7 @@ def test_readme_inference_command_gives_lung_masks_on_png_and_dicom(data_root: P
     for row in rows:
         stem = Path(row["image"]).stem
         shutil.copy(root / row["image"], images / f"{stem}.png")
-        cr_from_png(root / row["image"], images / f"{stem}_cr.dcm")
+        cr_from_image(root / row["image"], images / f"{stem}_cr.dcm")
         truth[stem] = truth[f"{stem}_cr"] = np.asarray(Image.open(root / row["mask"]).convert("L")) > 0
     shutil.copy(data_root / SIIM_CR, images / "siim_cr.dcm")
     shutil.copy(get_testdata_file("RG1_UNCR.dcm"), images / "rg1_uncr.dcm")
@@ -89,7 +59,7 @@ def test_readme_inference_command_gives_lung_masks_on_png_and_dicom(data_root: P
         unlabelled[stem] = (int(header.Rows), int(header.Columns))
     clone = tmp_path / BUNDLE.name  # the bundle as a fresh clone has it, weights included
     shutil.copytree(BUNDLE, clone, ignore=shutil.ignore_patterns("eval", "runs", "__pycache__"))
-    command = [sys.executable if arg == "python" else arg for arg in readme_inference_command()]
+    command = [sys.executable if arg == "python" else arg for arg in readme_command(BUNDLE, "inference on a folder")]
     command = [str(images) if arg == "/path/to/images" else arg for arg in command]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=clone, env=env, capture_output=True, text=True, timeout=900)
