@@ -91,7 +91,8 @@ def test_standard_bundle_checks(tmp_path, pretrained_checkpoint):
     bundle.check_ckpt_export("inference.yaml", tmp_path / "descriptor", ckpt_file=classifier, precision="fp32",
                              use_descriptor=True, ckpt_path=str(classifier))
     bundle.check_properties("infer", "inference.yaml")
-    bundle.check_properties("train", "train.yaml", pretrained_checkpoint="")
+    bundle.check_properties("train", "train.yaml", pretrained_checkpoint="",  # its TensorBoard writer into tmp
+                            output_dir=str(tmp_path / "models"), log_dir=str(tmp_path / "runs"))
 
 
 def test_train_and_inference_networks_are_the_same():
