@@ -32,7 +32,10 @@ from dissect_monai.evaluation.release import (
     paired_difference,
     plan,
     pretraining_runs,
+    export_sources,
+    lung_key,
     run_stage,
+    segmentation_runs,
     write_release_report,
 )
 from dissect_monai.evaluation.results import read_json
@@ -195,6 +198,17 @@ def test_pretrain_stage_is_finished_only_once_both_runs_are(tmp_path: Path, data
     _finished_run(settings.pretrain_dir("byol"))
     run_stage("pretrain", settings, log=lambda text: None)
     assert read_json(run_dir / "stages.json")["pretrain"]["finished"] is True
+
+
+def test_segmentation_runs_start_with_the_exported_run_and_cover_every_seed_row_and_fraction(tmp_path: Path) -> None:
+    settings = ReleaseSettings(repo=REPO, run_dir=tmp_path / "release")
+    for method in ("dissect", "byol"):
+        _finished_run(settings.pretrain_dir(method))
+    runs = segmentation_runs(settings)
+    keys = [lung_key(row, fraction, seed) for row, fraction, seed in runs]
+    assert keys[0] == export_sources(settings)["dissect_cxr_lung_segmentation"].parent.parent.name
+    assert len(set(keys)) == len(keys) == 5 * 2 * 3
+    assert [seed for _, _, seed in runs] == sorted(seed for _, _, seed in runs)  # a partial stage: whole seeds
 
 
 def test_release_report_has_the_pretraining_runs(tmp_path: Path, data_root: Path) -> None:

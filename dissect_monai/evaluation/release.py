@@ -48,10 +48,13 @@ __all__ = [
     "STAGES",
     "ReleaseSettings",
     "dissect_vs_byol",
+    "export_sources",
     "goal_status",
+    "lung_key",
     "paired_difference",
     "plan",
     "run_stage",
+    "segmentation_runs",
     "write_release_report",
 ]
 
@@ -148,13 +151,22 @@ def classification_rows(s: ReleaseSettings) -> list:
 
 
 def lung_rows(s: ReleaseSettings) -> list[LungRow]:
-    """Random init (fine-tuned) and both pretraining runs frozen and fine-tuned (:func:`require_pretraining`)."""
+    """Both pretraining runs fine-tuned and frozen (DiSSECT first, :func:`require_pretraining`), then random init
+    (fine-tuned)."""
     require_pretraining(s)
-    rows = [LungRow("random init", "fine-tuned", None, None)]
+    rows = []
     for method in PRETRAIN_METHODS:
         checkpoint = str(s.pretrain_dir(method) / "model.pt")
         rows += [LungRow(method, mode, checkpoint, method) for mode in ("fine-tuned", "frozen")]
-    return rows
+    return rows + [LungRow("random init", "fine-tuned", None, None)]
+
+
+def segmentation_runs(s: ReleaseSettings) -> list[tuple[LungRow, float, int]]:
+    """The lung runs in the order the stage trains them: seed-major, so a stage stopped part way has every row at
+    the seeds it reached, and within a seed the larger label fraction first, so the exported run (DiSSECT fine-tuned
+    on all labels, seed 0: :func:`export_sources`) is the first."""
+    return [(row, fraction, seed) for seed in s.segmentation_seeds for row in lung_rows(s)
+            for fraction in sorted(s.segmentation_fractions, reverse=True)]
 
 
 def started_pretraining(s: ReleaseSettings) -> list[Path]:
@@ -205,17 +217,15 @@ def run_classification(s: ReleaseSettings, log: Callable[[str], None]) -> None:
 
 def run_segmentation(s: ReleaseSettings, log: Callable[[str], None]) -> None:
     overrides = {"num_threads": s.threads, "dataset_dir": str(s.data / "cxr-lung-seg")}
-    for row in lung_rows(s):
-        for fraction in s.segmentation_fractions:
-            for seed in s.segmentation_seeds:
-                run_dir = s.run_dir / "segmentation" / lung_key(row, fraction, seed)
-                if discard_stale_run(run_dir, row):
-                    log(f"[segmentation] {run_dir.name}: trained from another checkpoint, rerun")
-                result = train_and_test_lung(
-                    s.bundle("dissect_cxr_lung_segmentation"), run_dir, row, fraction, seed, s.segmentation_budget,
-                    s.segmentation_size, overrides, methods_dir=s.repo / "configs" / "methods",
-                    pretrain_bundle=s.bundle("dissect_cxr_pretrain"))
-                log(f"[segmentation] {run_dir.name}: test Dice {format_mean_std(result['test_dice'])}")
+    for row, fraction, seed in segmentation_runs(s):
+        run_dir = s.run_dir / "segmentation" / lung_key(row, fraction, seed)
+        if discard_stale_run(run_dir, row):
+            log(f"[segmentation] {run_dir.name}: trained from another checkpoint, rerun")
+        result = train_and_test_lung(
+            s.bundle("dissect_cxr_lung_segmentation"), run_dir, row, fraction, seed, s.segmentation_budget,
+            s.segmentation_size, overrides, methods_dir=s.repo / "configs" / "methods",
+            pretrain_bundle=s.bundle("dissect_cxr_pretrain"))
+        log(f"[segmentation] {run_dir.name}: test Dice {format_mean_std(result['test_dice'])}")
 
 
 def run_export(s: ReleaseSettings, log: Callable[[str], None]) -> None:
