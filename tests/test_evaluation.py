@@ -37,7 +37,7 @@ from dissect_monai.evaluation import (
     run_row,
     summarise,
 )
-from dissect_monai.evaluation.reports import write_label_efficiency_report
+from dissect_monai.evaluation.reports import _versus_base, write_label_efficiency_report
 from dissect_monai.networks.presets import build_method_embedder as _build_method_embedder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,6 +207,19 @@ def test_probe_protocol_resumes_and_reruns_a_changed_checkpoint(small_nih, tmp_p
     md = (tmp_path / "out" / "representations.md").read_text()
     assert "| byol |" in md and "AP / PA" in md and "view-probe AUC" in md and "(representations.png)" in md
     assert (tmp_path / "out" / "representations.png").stat().st_size > 1000
+
+
+def test_dissect_rows_are_compared_with_the_byol_row_of_the_same_kind():
+    def row(auc: float) -> dict:
+        return {bench: {"fractions": {"0.1": {"test_auc": {"mean": auc, "std": 0.0, "n": 3}}}}
+                for bench in ("nih", "kermany")}
+
+    summary = {"byol": row(0.75), "byol-finetune": row(0.80), "dissect": row(0.76), "dissect-finetune": row(0.81)}
+    text = "\n".join(_versus_base(summary, ["0.1"]))
+    assert "## dissect vs byol (" in text and "## dissect-finetune vs byol-finetune (" in text
+    assert "+0.060" not in text and text.count("| nih | +0.010 |") == 2  # a fine-tune never against a probe
+    del summary["byol-finetune"]
+    assert "dissect-finetune vs" not in "\n".join(_versus_base(summary, ["0.1"]))
 
 
 def test_reference_rows_and_their_errors(tmp_path):

@@ -86,10 +86,13 @@ def label_efficiency_markdown(summary: Mapping[str, Any], labels: Mapping[str, s
     return "\n".join(lines)
 
 
-def _versus_base(summary: Mapping[str, Any], fractions: list[str], base: str = "byol") -> list[str]:
-    """Each DiSSECT row minus the BYOL row (same budget): mean test AUC per benchmark and fraction, said plainly."""
+def _versus_base(summary: Mapping[str, Any], fractions: list[str], method: str = "dissect",
+                 base: str = "byol") -> list[str]:
+    """Each DiSSECT row minus the BYOL row of the same kind (``dissect`` - ``byol``, ``dissect-finetune`` -
+    ``byol-finetune``; same budget): mean test AUC per benchmark and fraction, said plainly."""
     lines = []
-    for name in (n for n in summary if n.startswith("dissect") and base in summary):
+    pairs = [(name, base + name[len(method):]) for name in summary if name.startswith(method)]
+    for name, base in ((n, b) for n, b in pairs if b in summary):
         lines += [f"## {name} vs {base} (difference of mean test ROC AUC; same backbone, data and budget)", "",
                   "| benchmark | " + " | ".join(f"{float(f) * 100:g} %" for f in fractions) + " |",
                   "|---" * (len(fractions) + 1) + "|"]
