@@ -28,6 +28,7 @@ from dissect_monai.evaluation.metrics import format_mean_std
 from dissect_monai.evaluation.release import (
     STAGES,
     ReleaseSettings,
+    bundle_metrics,
     goal_status,
     paired_difference,
     plan,
@@ -35,6 +36,7 @@ from dissect_monai.evaluation.release import (
     export_sources,
     lung_key,
     run_stage,
+    seed_context,
     segmentation_runs,
     write_release_report,
 )
@@ -209,6 +211,21 @@ def test_segmentation_runs_start_with_the_exported_run_and_cover_every_seed_row_
     assert keys[0] == export_sources(settings)["dissect_cxr_lung_segmentation"].parent.parent.name
     assert len(set(keys)) == len(keys) == 5 * 2 * 3
     assert [seed for _, _, seed in runs] == sorted(seed for _, _, seed in runs)  # a partial stage: whole seeds
+
+
+def test_eval_metrics_are_the_shipped_seed_0_weights_and_the_spread_is_said_beside_them() -> None:
+    kermany = {seed: {"test_auc": auc, "test_acc": acc} for seed, (auc, acc) in enumerate([(0.97, 0.80), (0.95, 0.90)])}
+    lung = {f"dissect_fine-tuned_1_{seed}": {"test_dice": {"mean": dice}, "test_hd95": {"mean": 10.0 + seed}}
+            for seed, dice in enumerate([0.95, 0.93])}
+    stat = {"test_auc": {"mean": 0.96, "std": 0.014, "n": 2}, "test_acc": {"mean": 0.85, "std": 0.071, "n": 2}}
+    collected = {"classification": {"dissect-finetune": {"kermany": {"fractions": {"1": stat}}}},
+                 "cells_by_seed": {"dissect-finetune": {"kermany": {"1": kermany}}}, "lung": lung}
+    metrics = bundle_metrics(collected)
+    assert metrics["dissect_cxr_classification"] == {"kermany_test_auc": 0.97, "kermany_test_accuracy": 0.80}
+    assert metrics["dissect_cxr_lung_segmentation"] == {"test_mean_dice": 0.95, "test_hd95": 10.0}
+    context = seed_context(ReleaseSettings(repo=REPO), collected)
+    assert "test AUC 0.960 ± 0.014" in context["dissect_cxr_classification"]
+    assert "(2 of 3): test Dice 0.940 ± 0.014" in context["dissect_cxr_lung_segmentation"]
 
 
 def test_release_report_has_the_pretraining_runs(tmp_path: Path, data_root: Path) -> None:

@@ -76,6 +76,10 @@ GOALS = (
     ("NIH fine-tuned at 100 % AUC >= 0.88", "dissect-finetune", "nih", "1", "test_auc", 0.88),
 )
 LUNG_DICE_GOAL = 0.95
+#: the runs whose weights ship (:func:`export_sources`): seed 0, so no seed is picked on test
+SHIPPED_SEED = 0
+SHIPPED_CLASSIFIER = ("dissect-finetune", "kermany", "1")  # row, benchmark, label fraction
+SHIPPED_LUNG_RUN = "dissect_fine-tuned_1_0"
 RELEASE_VERSION = "1.0.0"
 REPORT_SOURCE = "`python scripts/release.py` (`dissect_monai.evaluation.release`)"
 
@@ -187,13 +191,13 @@ def lung_key(row: LungRow, fraction: float, seed: int) -> str:
 
 def export_sources(s: ReleaseSettings) -> dict[str, Path]:
     """The weights each shipped bundle gets: the DiSSECT embedder, the Kermany fine-tune and the lung fine-tune on
-    all labels (seed 0)."""
+    all labels (seed 0: :data:`SHIPPED_CLASSIFIER`, :data:`SHIPPED_LUNG_RUN`)."""
+    row, bench, fraction = SHIPPED_CLASSIFIER
     return {
         "dissect_cxr_pretrain": s.pretrain_dir("dissect") / "model.pt",
-        "dissect_cxr_classification": s.run_dir / "classification" / "finetune" / "dissect-finetune" / "kermany_1_0"
-        / "models" / "model.pt",
-        "dissect_cxr_lung_segmentation": s.run_dir / "segmentation" / lung_key(
-            LungRow("dissect", "fine-tuned", None, "dissect"), 1.0, 0) / "models" / "model.pt",
+        "dissect_cxr_classification": s.run_dir / "classification" / "finetune" / row
+        / f"{bench}_{fraction}_{SHIPPED_SEED}" / "models" / "model.pt",
+        "dissect_cxr_lung_segmentation": s.run_dir / "segmentation" / SHIPPED_LUNG_RUN / "models" / "model.pt",
     }
 
 
@@ -234,14 +238,15 @@ def run_export(s: ReleaseSettings, log: Callable[[str], None]) -> None:
     missing = [str(p) for p in sources.values() if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"export needs the finished runs first; missing: {missing}")
-    metrics = bundle_metrics(collect_release(s))
+    collected = collect_release(s)
+    metrics, context = bundle_metrics(collected), seed_context(s, collected)
     for name, source in sources.items():
         entry = export_bundle_weights(source, s.bundle(name))
         update_metadata(s.bundle(name), metrics[name], RELEASE_VERSION,
                         f"release weights from `scripts/release.py` ({s.epochs} pretraining epochs at "
                         f"{s.image_size} px; eval_metrics measured on the test split)")
         replace_readme_section(s.bundle(name) / "docs" / "README.md", "Performance",
-                               performance_markdown(s, metrics[name]))
+                               performance_markdown(s, metrics[name], context[name]))
         log(f"[export] {name}: {entry['path']} sha256 {entry['hash_val'][:12]}")
 
 
@@ -281,16 +286,16 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float]) -> MeanStd
 
 
 def collect_release(s: ReleaseSettings) -> dict[str, Any]:
-    """What the run folder holds: classification summary (:func:`summarise`), per-seed probe AUCs of DiSSECT and
-    BYOL, lung runs, pretraining summaries and stage times."""
+    """What the run folder holds: classification summary (:func:`summarise`), every classification cell by row,
+    benchmark, fraction and seed, lung runs, pretraining summaries and stage times."""
     stored = RowStore.load_all(s.run_dir / "classification" / "rows")
-    by_seed = {row.name: {bench: {f: {int(seed): c["test_auc"] for seed, c in seeds.items()}
+    by_seed = {row.name: {bench: {f: {int(seed): c for seed, c in seeds.items()}
                                   for f, seeds in record.get("cells", {}).items()}
                           for bench, record in benchmarks.items()} for row, benchmarks in stored}
     stages_file = s.run_dir / "stages.json"
     return {
         "classification": summarise(stored),
-        "probe_auc_by_seed": by_seed,
+        "cells_by_seed": by_seed,
         "lung": collect_runs(s.run_dir / "segmentation")["lung"],
         "pretraining": [{k: v for k, v in summarise_run(d).items() if not k.startswith("_")}
                         for d in started_pretraining(s)],
@@ -309,10 +314,12 @@ def lung_summary(lung: Mapping[str, Any]) -> dict[str, dict[str, MeanStd]]:
 
 def dissect_vs_byol(collected: Mapping[str, Any]) -> dict[str, dict[str, MeanStd]]:
     """DiSSECT - BYOL linear-probe test AUC per benchmark and probe fraction (:func:`paired_difference`)."""
-    seeds = collected["probe_auc_by_seed"]
-    dissect, byol = seeds.get("dissect", {}), seeds.get("byol", {})
-    return {bench: {fraction_key(f): paired_difference(dissect.get(bench, {}).get(fraction_key(f), {}),
-                                                       byol.get(bench, {}).get(fraction_key(f), {}))
+    def aucs(row: str, bench: str, f: str) -> dict[int, float]:
+        cells = collected["cells_by_seed"].get(row, {}).get(bench, {}).get(f, {})
+        return {seed: cell["test_auc"] for seed, cell in cells.items()}
+
+    return {bench: {fraction_key(f): paired_difference(aucs("dissect", bench, fraction_key(f)),
+                                                       aucs("byol", bench, fraction_key(f)))
                     for f in LABEL_FRACTIONS} for bench in BENCHMARKS}
 
 
@@ -340,32 +347,58 @@ def goals(collected: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def performance_markdown(s: ReleaseSettings, metrics: Mapping[str, float | None]) -> str:
-    """A shipped bundle's Performance section: its measured test figures, the budget and the exact command."""
+def performance_markdown(s: ReleaseSettings, metrics: Mapping[str, float | None], context: str) -> str:
+    """A shipped bundle's Performance section: the test figures of its weights, ``context`` (the same recipe over
+    the other seeds), the budget and the exact command."""
     lines = [f"Release {RELEASE_VERSION}, measured on the test split by the release run (tables of every row, "
              "mean ± sd over seeds: `results/release.md`). Pretraining: DiSSECT, ResNet-18, "
              f"{s.image_size} px, {s.epochs} epochs on the pretraining pool; the BYOL control had the same budget.",
-             "", "| metric | value |", "|---|---|"]
+             "", "| metric (the shipped `models/model.pt`) | value |", "|---|---|"]
     lines += [f"| {key} | {'—' if value is None else f'{value:.3f}'} |" for key, value in metrics.items()]
-    lines += ["", "Reproduce (resumable; `--plan` prints the stages and their estimated time):", "", "```bash",
-              f"python scripts/release.py --epochs {s.epochs} --threads {s.threads} --ft-steps "
+    lines += ["", context, "", "Reproduce (resumable; `--plan` prints the stages and their estimated time):", "",
+              "```bash", f"python scripts/release.py --epochs {s.epochs} --threads {s.threads} --ft-steps "
               f"{s.finetune_budget.steps} --seg-steps {s.segmentation_budget.steps} --seg-seeds "
               + " ".join(map(str, s.segmentation_seeds)), "```"]
     return "\n".join(lines)
 
 
+def _shipped_cell(collected: Mapping[str, Any]) -> Mapping[str, Any]:
+    return (collected["cells_by_seed"].get(SHIPPED_CLASSIFIER[0], {}).get(SHIPPED_CLASSIFIER[1], {})
+            .get(SHIPPED_CLASSIFIER[2], {}).get(SHIPPED_SEED, {}))
+
+
 def bundle_metrics(collected: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """``eval_metrics`` of each shipped bundle from the measured rows (means over seeds, test split)."""
-    c = collected["classification"]
-    lung = lung_summary(collected["lung"]).get("dissect_fine-tuned_1", {})
+    """``eval_metrics`` of each shipped bundle: the test figures of the weights it ships (:func:`export_sources`:
+    the seed-0 runs; the embedder's by its 10 % linear probe, the mean over the label samples)."""
+    c, cell = collected["classification"], _shipped_cell(collected)
+    lung = collected["lung"].get(SHIPPED_LUNG_RUN, {})
     return {
         "dissect_cxr_pretrain": {f"{b}_linear_probe_10pct_test_auc": _value(c, "dissect", b, "0.1", "test_auc")
                                  for b in BENCHMARKS},
-        "dissect_cxr_classification": {"kermany_test_auc": _value(c, "dissect-finetune", "kermany", "1", "test_auc"),
-                                       "kermany_test_accuracy": _value(c, "dissect-finetune", "kermany", "1",
-                                                                       "test_acc")},
-        "dissect_cxr_lung_segmentation": {"test_mean_dice": lung["test_dice"].mean if lung else None,
-                                          "test_hd95": lung["test_hd95"].mean if lung else None},
+        "dissect_cxr_classification": {"kermany_test_auc": cell.get("test_auc"),
+                                       "kermany_test_accuracy": cell.get("test_acc")},
+        "dissect_cxr_lung_segmentation": {"test_mean_dice": lung.get("test_dice", {}).get("mean"),
+                                          "test_hd95": lung.get("test_hd95", {}).get("mean")},
+    }
+
+
+def seed_context(s: ReleaseSettings, collected: Mapping[str, Any]) -> dict[str, str]:
+    """Per shipped bundle, one sentence on the spread of its recipe over the seeds measured so far."""
+    c = collected["classification"].get(SHIPPED_CLASSIFIER[0], {}).get(SHIPPED_CLASSIFIER[1], {})
+    kermany = c.get("fractions", {}).get(SHIPPED_CLASSIFIER[2], {})
+    lung = lung_summary(collected["lung"]).get(SHIPPED_LUNG_RUN.rsplit("_", 1)[0], {})
+    n_lung = len(s.segmentation_seeds)
+    return {
+        "dissect_cxr_pretrain": "Linear probes on the frozen embedder: L2 logistic regression on 10 % of each "
+                                "benchmark's train split, mean over 5 patient-level label samples.",
+        "dissect_cxr_classification": "The same recipe (fine-tuned on all Kermany train labels) over seeds 0-2: "
+                                      f"test AUC {format_mean_std(kermany.get('test_auc'))}, accuracy "
+                                      f"{format_mean_std(kermany.get('test_acc'))}; the shipped weights are seed 0.",
+        "dissect_cxr_lung_segmentation": "The same recipe (DiSSECT encoder fine-tuned on all frontal train images) "
+                                         f"over the seeds finished so far ({lung['test_dice'].n if lung else 0} of "
+                                         f"{n_lung}): test Dice {format_mean_std(lung.get('test_dice'))}, HD95 "
+                                         f"{format_mean_std(lung.get('test_hd95'))} px; the shipped weights are "
+                                         "seed 0.",
     }
 
 
