@@ -13,7 +13,8 @@ Stages (:mod:`dissect_monai.evaluation.release`, every one through the bundles' 
                        dissect_cxr_pretrain, dissect_cxr_classification and dissect_cxr_lung_segmentation
 
 State lives in ``--run-dir`` (default ``~/.cache/dissect-monai/release``); a rerun skips every finished run and
-cell. After each stage ``results/release.{json,md}`` is rewritten. TorchScript is rebuilt from a shipped
+cell. Stop a run with SIGINT or SIGTERM (``pkill -INT -f scripts/release.py``): the stage records its time so
+far. After each stage ``results/release.{json,md}`` is rewritten. TorchScript is rebuilt from a shipped
 ``model.pt`` by ``python -m monai.bundle ckpt_export`` (:mod:`dissect_monai.engines.export`).
 
     python scripts/release.py --plan
@@ -25,6 +26,7 @@ cell. After each stage ``results/release.{json,md}`` is rewritten. TorchScript i
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -64,8 +66,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def install_stop_signals() -> None:
+    """SIGINT and SIGTERM end the run through an exception, so the stage in progress records its wall time in
+    ``stages.json`` (``run_stage``'s ``finally``); SIGINT also when a shell started the run in the background
+    (``nohup ... &`` ignores it)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    install_stop_signals()
     if args.epochs < 1:
         raise SystemExit("--epochs must be at least 1")
     settings = ReleaseSettings(

@@ -5,7 +5,12 @@ trainings. The bundle command is one MONAI ``run`` of the pretraining bundle."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import threading
+
+import pytest
 
 from dissect_monai.evaluation.launch import bundle_command, run_finished, run_recorded
 
@@ -37,6 +42,24 @@ def test_a_failed_run_is_started_again_and_its_wall_time_summed(tmp_path):
     assert run_recorded([(run, _sleep_then(0.3, run), {})]) == {str(run): 0}
     second = json.loads((run / "run.json").read_text())
     assert second["resumed"] and second["wall_seconds"] > first["wall_seconds"] + 0.2
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_an_interrupted_launcher_stops_its_runs_and_records_them(parallel, tmp_path):
+    runs = [(tmp_path / name, _sleep_then(60.0, tmp_path / name), {}) for name in ("dissect_64", "byol_64")]
+    ctrl_c = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT))  # a real SIGINT, as from the terminal
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # also where a background shell ignores it
+    try:
+        ctrl_c.start()
+        with pytest.raises(KeyboardInterrupt):
+            run_recorded(runs[: 1 + parallel], parallel=parallel, poll_seconds=0.1)
+        ctrl_c.join()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    for run_dir, _, _ in runs[: 1 + parallel]:
+        record = json.loads((run_dir / "run.json").read_text())
+        assert record["returncode"] == -signal.SIGTERM and 1.5 < record["wall_seconds"] < 30
+        assert not run_finished(run_dir)
 
 
 def test_bundle_command_merges_configs_and_passes_overrides(tmp_path):

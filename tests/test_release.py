@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -226,6 +228,34 @@ def test_eval_metrics_are_the_shipped_seed_0_weights_and_the_spread_is_said_besi
     context = seed_context(ReleaseSettings(repo=REPO), collected)
     assert "test AUC 0.960 ± 0.014" in context["dissect_cxr_classification"]
     assert "(2 of 3): test Dice 0.940 ± 0.014" in context["dissect_cxr_lung_segmentation"]
+
+
+STOPPED_STAGE = """
+import importlib.util, sys, time
+from pathlib import Path
+from dissect_monai.evaluation import release
+spec = importlib.util.spec_from_file_location("release_script", sys.argv[1])
+script = importlib.util.module_from_spec(spec)
+sys.path.insert(0, str(Path(sys.argv[1]).parent))
+spec.loader.exec_module(script)
+script.install_stop_signals()
+release.STAGE_RUNNERS["export"] = lambda s, log: (print("started", flush=True), time.sleep(120))
+release.run_stage("export", release.ReleaseSettings(repo=Path("."), run_dir=Path(sys.argv[2])))
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_a_background_stage_and_its_time_is_recorded(signum: int, tmp_path: Path) -> None:
+    """As ``nohup python scripts/release.py ... &`` starts it: SIGINT ignored by the shell before the script runs."""
+    proc = subprocess.Popen([sys.executable, "-c", STOPPED_STAGE, str(REPO / "scripts" / "release.py"),
+                             str(tmp_path / "run")], stdout=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert proc.stdout.readline().strip() == "started"
+    time.sleep(1.0)
+    proc.send_signal(signum)
+    assert proc.wait(timeout=30) != 0
+    record = read_json(tmp_path / "run" / "stages.json")["export"]
+    assert record["finished"] is False and 1.0 <= record["wall_seconds"] < 30
 
 
 def test_release_report_has_the_pretraining_runs(tmp_path: Path, data_root: Path) -> None:

@@ -88,6 +88,17 @@ class RecordedRun:
             self._finish(code)
         return code
 
+    def stop(self, timeout: float = 60.0) -> int:
+        """End the process (SIGTERM, SIGKILL after ``timeout`` s) and record it as an interrupted attempt; a rerun
+        resumes it from its last checkpoint."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return self.wait()
+
     def _finish(self, code: int) -> None:
         self._log.close()
         self.record.update(returncode=code, finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -101,22 +112,29 @@ def run_recorded(
 ) -> dict[str, int | None]:
     """Run ``(run_dir, command, record)`` triples one after the other, or all at once with ``parallel`` (each run's
     end, and so its wall time, is recorded when it happens); returns each run folder's exit code (``None``: it was
-    finished before and was skipped)."""
+    finished before and was skipped). Interrupted (``KeyboardInterrupt``, ``SystemExit``), it stops the runs it
+    started (:meth:`RecordedRun.stop`) before it re-raises, so none outlives the launcher unrecorded."""
     codes: dict[str, int | None] = {}
-    if not parallel:
+    running: list[RecordedRun] = []
+    try:
+        if not parallel:
+            for run_dir, command, record in runs:
+                run = RecordedRun.start(run_dir, command, record, threads, cwd)
+                running = [run] if run is not None else []
+                codes[str(run_dir)] = None if run is None else run.wait()
+            return codes
         for run_dir, command, record in runs:
             run = RecordedRun.start(run_dir, command, record, threads, cwd)
-            codes[str(run_dir)] = None if run is None else run.wait()
+            codes[str(run_dir)] = None
+            if run is not None:
+                running.append(run)
+        while running:
+            for run in [r for r in running if r.poll() is not None]:
+                codes[str(run.run_dir)] = run.process.returncode
+                running.remove(run)
+            time.sleep(poll_seconds if running else 0)
         return codes
-    running = []
-    for run_dir, command, record in runs:
-        run = RecordedRun.start(run_dir, command, record, threads, cwd)
-        codes[str(run_dir)] = None
-        if run is not None:
-            running.append(run)
-    while running:
-        for run in [r for r in running if r.poll() is not None]:
-            codes[str(run.run_dir)] = run.process.returncode
-            running.remove(run)
-        time.sleep(poll_seconds if running else 0)
-    return codes
+    except BaseException:
+        for run in running:
+            run.stop()
+        raise
