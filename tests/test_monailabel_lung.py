@@ -3,8 +3,8 @@
 A real ``monailabel`` server runs on 127.0.0.1 (free port) from MONAI Label's own environment
 (``scripts/setup_monailabel_env.sh``), offline (``--conf zoo_source github --conf sam2 false``), with the bundle
 copied unchanged into the app's ``model/`` folder and a studies folder of real lung-seg test images copied to tmp.
-The model is trained here first (main environment, a few epochs on the real lung-seg train split), so /infer must
-return lung masks: Dice against the ground truth above :data:`DICE_FLOOR`. /train then runs one epoch to DONE.
+The bundle serves its shipped release weights (``models/model.pt``), so /infer must return lung masks: Dice against
+the ground truth above :data:`DICE_FLOOR`. /train then runs one epoch to DONE on the app's copy.
 The CT bundle is served beside it (random weights: only loading and the geometry of its answer are checked).
 """
 
@@ -37,6 +37,7 @@ BUNDLE = REPO / "bundles" / "dissect_cxr_lung_segmentation"
 CT_BUNDLE = REPO / "bundles" / "dissect_ct_segmentation"
 VENV = Path(os.environ.get("MONAILABEL_VENV", REPO / ".venv-monailabel"))
 MARKER = VENV / ".dissect-monailabel-ready"
+SHIPPED_WEIGHTS = BUNDLE / "models" / "model.pt"
 MODEL = BUNDLE.name
 CT_MODEL = CT_BUNDLE.name
 FRONTAL = ("PA", "AP", "AP Supine")
@@ -44,7 +45,6 @@ FRONTAL = ("PA", "AP", "AP Supine")
 #: images; val Dice 0.894): 0.858, 0.905, 0.898, 0.861 on the 4 test images and 0.825 on the 256 x 200 crop.
 DICE_FLOOR = 0.75
 N_TEST_IMAGES = 4
-TRAIN_EPOCHS = 6
 
 
 def _python() -> Path:
@@ -72,39 +72,7 @@ def _request(url: str, data: bytes | None = None, method: str = "GET", timeout: 
 
 
 @pytest.fixture(scope="module")
-def trained_model(tmp_path_factory, data_root) -> Path:
-    """models/model.pt of the bundle trained for TRAIN_EPOCHS on the real frontal lung-seg train split."""
-    _python()
-    out = tmp_path_factory.mktemp("ml_lung_train")
-    root = data_root / "cxr-lung-seg"
-    train = [{"image": str(root / r["image"]), "label": str(root / r["mask"]), "view": r["view"]}
-             for r in _rows(data_root, "train")]
-    val = [{"image": str(root / r["image"]), "label": str(root / r["mask"])} for r in _rows(data_root, "val")[:8]]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        wf = ConfigWorkflow(
-            config_file=str(BUNDLE / "configs" / "train.yaml"),
-            meta_file=str(BUNDLE / "configs" / "metadata.json"),
-            logging_file=str(BUNDLE / "configs" / "logging.conf"),
-            workflow_type="train",
-            bundle_root=str(BUNDLE),
-            ckpt_dir=str(out / "models"),
-            output_dir=str(out / "eval"),
-            epochs=TRAIN_EPOCHS,
-            val_interval=TRAIN_EPOCHS,
-            **{"train#dataset#data": train, "validate#dataset#data": val},
-        )
-        wf.initialize()
-        wf.run()
-        wf.finalize()
-    finally:
-        torch.set_num_threads(threads)
-    return out / "models" / "model.pt"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, data_root, trained_model):
+def server(tmp_path_factory, data_root):
     """A monailabel server with the stock monaibundle app, the bundle unchanged, and real lung images as studies."""
     python = _python()
     work = tmp_path_factory.mktemp("monailabel")
@@ -113,9 +81,8 @@ def server(tmp_path_factory, data_root, trained_model):
     app = work / "app"
     shutil.copytree(sample_app, app)
     bundle = app / "model" / MODEL
-    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("models", "eval", "__pycache__"))
-    (bundle / "models").mkdir()
-    shutil.copy(trained_model, bundle / "models" / "model.pt")
+    assert SHIPPED_WEIGHTS.is_file(), f"the release weights are missing: {SHIPPED_WEIGHTS}"
+    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("eval", "runs", "__pycache__"))
     ct_bundle = app / "model" / CT_MODEL
     shutil.copytree(CT_BUNDLE, ct_bundle, ignore=shutil.ignore_patterns("models", "eval", "__pycache__"))
     (ct_bundle / "models").mkdir()
