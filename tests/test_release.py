@@ -109,10 +109,13 @@ def test_shipped_weights_match_large_files_and_load_strictly(name: str) -> None:
 def test_update_metadata_bumps_version_and_puts_the_entry_first(tmp_path: Path) -> None:
     bundle = bundle_copy("dissect_cxr_classification", tmp_path)
     before = json.loads((bundle / "configs" / "metadata.json").read_text())
-    update_metadata(bundle, {"kermany_test_auc": 0.9}, "1.0.0", "release weights")
+    update_metadata(bundle, {"kermany_test_auc": 0.9}, "9.0.0", "release weights")
     after = json.loads((bundle / "configs" / "metadata.json").read_text())
-    assert after["version"] == "1.0.0" and after["eval_metrics"] == {"kermany_test_auc": 0.9}
-    assert list(after["changelog"]) == ["1.0.0", *before["changelog"]]
+    assert after["version"] == "9.0.0" and after["eval_metrics"] == {"kermany_test_auc": 0.9}
+    assert list(after["changelog"]) == ["9.0.0", *before["changelog"]]
+    update_metadata(bundle, {"kermany_test_auc": 0.8}, "9.0.0", "release weights, measured again")
+    again = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert list(again["changelog"]) == list(after["changelog"]) and again["changelog"]["9.0.0"].endswith("again")
 
 
 def test_plan_of_an_empty_run_folder_lists_every_stage(tmp_path: Path, data_root: Path) -> None:

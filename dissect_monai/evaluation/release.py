@@ -446,8 +446,10 @@ def _stage_cells(s: ReleaseSettings) -> dict[str, tuple[int, int, float]]:
     lung_total = (1 + 2 * n_pretrained) * len(s.segmentation_fractions) * len(s.segmentation_seeds)
     out["segmentation"] = (len(lung_runs), lung_total,
                            (lung_total - len(lung_runs)) * s.segmentation_budget.steps * seconds_per["segmentation"])
-    shipped = [n for n in export_sources(s) if (s.bundle(n) / "large_files.yml").is_file()]
-    out["export"] = (len(shipped), len(export_sources(s)), 60.0)
+    stages_file = s.run_dir / "stages.json"
+    exported = stages_file.is_file() and read_json(stages_file).get("export", {}).get("finished", False)
+    bundles = len(export_sources(s))
+    out["export"] = (bundles if exported else 0, bundles, 0.0 if exported else 60.0)  # of this run folder
     return out
 
 
