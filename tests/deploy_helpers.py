@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -166,15 +167,22 @@ REAL_BUNDLES = {
 
 
 def project_bundle(repo_root: Path, kind: str, scratch: Path) -> tuple[Path, bool]:
-    """The project's bundle for ``kind`` and whether its trained weights are used.
+    """A copy in ``scratch`` of the project's bundle for ``kind`` and whether its trained weights are used.
 
-    With ``models/model.pt`` present (trained by the bundle's train config) the bundle folder itself is returned;
-    otherwise :func:`harness.bundles.untrained_copy` (real configs, random weights).
+    With the shipped ``models/model.pt`` the copy holds the bundle's configs, docs and that file only (nothing
+    generated locally, e.g. a ``quality_gate.pt``), so a test may add files to it; otherwise
+    :func:`harness.bundles.untrained_copy` (real configs, random weights).
     """
     bundle = repo_root / "bundles" / REAL_BUNDLES[kind]
-    if (bundle / "models" / "model.pt").is_file():
-        return bundle, True
-    return untrained_copy(bundle, scratch), False
+    if not (bundle / "models" / "model.pt").is_file():
+        return untrained_copy(bundle, scratch), False
+
+    def generated(folder: str, names: list[str]) -> list[str]:
+        if Path(folder).name == "models":
+            return [n for n in names if n != "model.pt"]
+        return [n for n in names if n in ("eval", "runs", "__pycache__")]
+
+    return Path(shutil.copytree(bundle, scratch / bundle.name, ignore=generated)), True
 
 
 class ResultStore:
