@@ -14,7 +14,6 @@ import argparse
 import io
 import json
 import logging
-import os
 import platform
 import resource
 import socket
@@ -39,6 +38,7 @@ from dissect_monai.deploy.config import DestinationConfig, load_node_config
 from dissect_monai.deploy.jobs import series_matches
 from dissect_monai.deploy.node import InferenceNode
 from dissect_monai.dicom.uids import assign_missing_uids
+from dissect_monai.utils import machine_state
 
 from repo_paths import REPO, RESULTS, TEST_HARNESS
 
@@ -203,7 +203,7 @@ def main() -> None:
     warnings.simplefilter("ignore", UserWarning)
 
     data = default_data_root()
-    load_before = os.getloadavg()
+    before = machine_state()
     chest_crs = [pydicom.dcmread(data / SIIM_CR), pydicom.dcmread(get_testdata_file("RG1_UNCR.dcm"))]
     ct_series = data / CT_SERIES
     ct = assign_missing_uids([pydicom.dcmread(p) for p in sorted(ct_series.iterdir())], ct_series.name)
@@ -244,9 +244,9 @@ def main() -> None:
         "node_counts": health, "trained_weights": trained,
         "peak_rss_mb": {"node": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                         "largest_child": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024},
-        "environment": {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
-                        "amx": "amx_tile" in Path("/proc/cpuinfo").read_text(), "load_before": load_before,
-                        "load_after": os.getloadavg(),
+        "environment": {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": before["cpu_count"],
+                        "amx": before["amx"], "load_before": before["load_average"],
+                        "load_after": machine_state()["load_average"],
                         "torch_threads": args.torch_threads, "torch": torch.__version__,
                         "python": platform.python_version(), "orthanc": "1.10.1"},
     }

@@ -29,6 +29,7 @@ import torch
 
 import dissect_monai
 from dissect_monai.engines import throughput as tp
+from dissect_monai.utils import machine_state
 
 from repo_paths import PRETRAIN_BUNDLE, REPO, RESULTS, RUNS
 LIGHTLY_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "lightly"]
@@ -122,7 +123,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "training_throughput")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    machine_before = tp.machine_state()
+    machine_before = machine_state()
     views = tp.real_view_pairs(args.sizes, args.batch)
     views_file = RUNS / "benchmark_training_views.pt"
     views_file.parent.mkdir(parents=True, exist_ok=True)
@@ -179,7 +180,7 @@ def main() -> None:
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "environment": {"torch": torch.__version__, "dissect_monai": dissect_monai.__version__,
                         "lightly_worker": worker.versions if worker else None},
-        "machine_before": machine_before, "machine_after": tp.machine_state(),
+        "machine_before": machine_before, "machine_after": machine_state(),
         "load_average_1min_during_steps": {"min": min(loads), "median": statistics.median(loads), "max": max(loads)},
         "steps": results, "ratios": ratios, "targets_met": targets, "conv3x3_per_stage": conv, "end_to_end": e2e,
         "code_search_cpu_seconds_per_step": {str(s): tp.code_search_seconds(s, args.batch, args.threads)

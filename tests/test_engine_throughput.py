@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from dissect_monai.engines import throughput as tp
-from dissect_monai.utils import cpu_has_amx
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "dissect_cxr_pretrain"
 
@@ -21,10 +20,3 @@ def test_bundle_end_to_end_runs_the_bundle_for_the_requested_iterations(data_roo
     assert result["pairs_per_second"] == pytest.approx(2 / result["seconds_per_iteration"])
     with pytest.raises(ValueError, match="warmup >= 1"):
         tp.bundle_end_to_end(BUNDLE, iterations=1, warmup=0, batch_size=2)
-
-
-def test_machine_state_reports_amx_from_the_cpu_flags():
-    state = tp.machine_state()
-    with open("/proc/cpuinfo") as f:
-        assert state["amx"] is cpu_has_amx() is ("amx_bf16" in f.read().split())
-    assert len(state["load_average"]) == 3 and state["cpu_count"] >= 1

@@ -7,7 +7,6 @@ seconds (robust to other jobs on the cores: the throughput with one core to itse
 from __future__ import annotations
 
 import os
-import platform
 import random
 import statistics
 import tempfile
@@ -27,12 +26,11 @@ from dissect_monai.data import dataset_datalist
 from dissect_monai.engines.ssl_iteration import SSLIteration
 from dissect_monai.networks import DiSSECT, DiSSECTEmbedder, EMACodebook, ResNetFeaturePyramid
 from dissect_monai.utils.gemm_conv import GemmConv2d, conv_gemm
-from dissect_monai.utils.precision import cpu_has_amx, cpu_supports_bf16, prepare_module, resolve_precision
+from dissect_monai.utils.precision import prepare_module, resolve_precision
 
 __all__ = [
     "timed_calls",
     "summarise",
-    "machine_state",
     "real_view_pairs",
     "ssl_step",
     "conv_layer_table",
@@ -68,23 +66,6 @@ def summarise(samples: Sequence[Mapping[str, float]], batch: int) -> dict[str, A
         "pairs_per_second": batch / statistics.median(secs),
         "median_core_share": statistics.median(s["core_share"] for s in samples),
         "steps_measured": len(secs),
-    }
-
-
-def machine_state() -> dict[str, Any]:
-    """CPU model, core count, native bf16 / AMX, and the 1-, 5- and 15-minute load averages right now."""
-    model = platform.processor()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return {
-        "cpu": model,
-        "cpu_count": os.cpu_count(),
-        "bf16": cpu_supports_bf16(),
-        "amx": cpu_has_amx(),
-        "load_average": list(os.getloadavg()),
     }
 
 
