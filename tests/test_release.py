@@ -28,6 +28,7 @@ from dissect_monai.engines.export import (
 )
 from dissect_monai.evaluation.metrics import format_mean_std
 from dissect_monai.evaluation.release import (
+    SHIPPED_LUNG_RECIPE,
     STAGES,
     ReleaseSettings,
     bundle_metrics,
@@ -37,12 +38,15 @@ from dissect_monai.evaluation.release import (
     pretraining_runs,
     export_sources,
     lung_key,
+    lung_recipe,
+    release_markdown,
     run_stage,
     seed_context,
     segmentation_runs,
     write_release_report,
 )
 from dissect_monai.evaluation.results import read_json
+from dissect_monai.utils import machine_state
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = ("dissect_cxr_pretrain", "dissect_cxr_classification", "dissect_cxr_lung_segmentation")
@@ -214,6 +218,7 @@ def test_segmentation_runs_start_with_the_exported_run_and_cover_every_seed_row_
     runs = segmentation_runs(settings)
     keys = [lung_key(row, fraction, seed) for row, fraction, seed in runs]
     assert keys[0] == export_sources(settings)["dissect_cxr_lung_segmentation"].parent.parent.name
+    assert lung_recipe(*runs[0][:2]) == SHIPPED_LUNG_RECIPE  # the lung goal is the shipped recipe's
     assert len(set(keys)) == len(keys) == 5 * 2 * 3
     assert [seed for _, _, seed in runs] == sorted(seed for _, _, seed in runs)  # a partial stage: whole seeds
 
@@ -261,13 +266,27 @@ def test_a_signal_stops_a_background_stage_and_its_time_is_recorded(signum: int,
     assert record["finished"] is False and 1.0 <= record["wall_seconds"] < 30
 
 
+def test_stage_table_gives_the_runs_own_time_beside_the_launchers_clock() -> None:
+    """A launcher killed without its ``finally`` leaves no wall time in stages.json; its runs' own times remain."""
+    cells = {seed: {"seconds": 1800.0, "test_auc": 0.8} for seed in (0, 1)}
+    collected = {"stages": {"pretrain": {"wall_seconds": 9000.0, "finished": True}},
+                 "pretraining": [{"wall_seconds": 7200.0}, {"wall_seconds": None}],
+                 "cells_by_seed": {"dissect": {"nih": {"0.1": cells}}},
+                 "lung": {"dissect_fine-tuned_1_0": {"train_seconds": 5400.0}}}
+    text = release_markdown(ReleaseSettings(repo=REPO), collected, machine_state(), [])
+    assert "| pretrain | 2.50 h | 2.00 h | True |" in text
+    assert "| classification | — | 1.00 h | False |" in text
+    assert "| segmentation | — | 1.50 h | False |" in text
+    assert "| export | — | — | False |" in text
+
+
 def test_release_report_has_the_pretraining_runs(tmp_path: Path, data_root: Path) -> None:
     settings = ReleaseSettings(repo=REPO, run_dir=tmp_path / "release", data_root=data_root, epochs=2)
     _finished_run(settings.pretrain_dir("dissect"))
     write_release_report(settings, tmp_path / "results")
     text = (tmp_path / "results" / "release.md").read_text()
     assert "# Pretraining" in text and "| dissect | 64 | 2 / 2 | 2 | True | 8.0 | 4.0 | 10.0 | 2 | 50.0 | 0.5 |" in text
-    assert "| pretrain | — | False |" in text  # the stage was not run through run_stage
+    assert "| pretrain | — | 0.00 h | False |" in text  # not run through run_stage; the run's own 10 s
     assert (tmp_path / "results" / "release_pretraining_curves.png").is_file()
     assert "| 2 |" in (tmp_path / "results" / "release_pretraining.md").read_text()  # every epoch there
     # stages without results yet get no report (not an empty table with made-up budgets)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -40,6 +39,7 @@ from dissect_monai.evaluation.pretraining import pretraining_markdown, summarise
 from dissect_monai.evaluation.results import CellResult, RowStore, fraction_key, read_json, write_json
 from dissect_monai.evaluation.reports import write_label_efficiency_report, write_segmentation_report
 from dissect_monai.evaluation.segmentation import LungRow, collect_runs, discard_stale_run, train_and_test_lung
+from dissect_monai.utils import machine_state
 
 __all__ = [
     "DEFAULT_RUN_DIR",
@@ -51,9 +51,12 @@ __all__ = [
     "export_sources",
     "goal_status",
     "lung_key",
+    "lung_recipe",
     "paired_difference",
     "plan",
+    "release_markdown",
     "run_stage",
+    "runs_seconds",
     "segmentation_runs",
     "write_release_report",
 ]
@@ -79,7 +82,9 @@ LUNG_DICE_GOAL = 0.95
 #: the runs whose weights ship (:func:`export_sources`): seed 0, so no seed is picked on test
 SHIPPED_SEED = 0
 SHIPPED_CLASSIFIER = ("dissect-finetune", "kermany", "1")  # row, benchmark, label fraction
-SHIPPED_LUNG_RUN = "dissect_fine-tuned_1_0"
+#: the lung recipe (:func:`lung_recipe`) whose seed-0 run ships: the DiSSECT encoder fine-tuned on all labels
+SHIPPED_LUNG_RECIPE = "dissect_fine-tuned_1"
+SHIPPED_LUNG_RUN = f"{SHIPPED_LUNG_RECIPE}_{SHIPPED_SEED}"
 RELEASE_VERSION = "1.0.0"
 REPORT_SOURCE = "`python scripts/release.py` (`dissect_monai.evaluation.release`)"
 
@@ -185,8 +190,26 @@ def require_pretraining(s: ReleaseSettings) -> None:
         raise RuntimeError(f"the pretrain stage has not finished (no model.pt with exit 0 in {missing}): run it first")
 
 
+def lung_recipe(row: LungRow, fraction: float) -> str:
+    """The name of a lung row at a label fraction (its runs over seeds: :func:`lung_key`), e.g.
+    ``dissect_fine-tuned_1``."""
+    return f"{row.encoder}_{row.mode}_{fraction_key(fraction)}".replace(" ", "_")
+
+
 def lung_key(row: LungRow, fraction: float, seed: int) -> str:
-    return f"{row.encoder}_{row.mode}_{fraction_key(fraction)}_{seed}".replace(" ", "_")
+    """The run folder name of one lung run: ``{lung_recipe}_{seed}``."""
+    return f"{lung_recipe(row, fraction)}_{seed}"
+
+
+def recipe_of(key: str) -> str:
+    """The recipe of a lung run folder name (the inverse of :func:`lung_key` without its seed)."""
+    return key.rsplit("_", 1)[0]
+
+
+def stages_record(s: ReleaseSettings) -> dict[str, dict[str, Any]]:
+    """``stages.json`` of the run folder: per stage its wall seconds and whether it finished (empty before any)."""
+    record_file = s.run_dir / "stages.json"
+    return read_json(record_file) if record_file.is_file() else {}
 
 
 def export_sources(s: ReleaseSettings) -> dict[str, Path]:
@@ -261,16 +284,15 @@ def run_stage(name: str, s: ReleaseSettings, log: Callable[[str], None] = print)
     """Run (or resume) one stage and add its wall time to ``stages.json``."""
     if name not in STAGE_RUNNERS:
         raise ValueError(f"unknown stage {name!r}; stages: {list(STAGES)}")
-    record_file = s.run_dir / "stages.json"
     start, finished = time.time(), False
     try:
         finished = STAGE_RUNNERS[name](s, log) is not False
     finally:
-        record = read_json(record_file) if record_file.is_file() else {}
+        record = stages_record(s)
         entry = record.setdefault(name, {"wall_seconds": 0.0, "finished": False})
         entry["wall_seconds"] = round(entry["wall_seconds"] + time.time() - start, 1)
         entry["finished"] = finished
-        write_json(record_file, record)
+        write_json(s.run_dir / "stages.json", record)
 
 
 def goal_status(value: float | None, threshold: float) -> str:
@@ -292,14 +314,13 @@ def collect_release(s: ReleaseSettings) -> dict[str, Any]:
     by_seed = {row.name: {bench: {f: {int(seed): c for seed, c in seeds.items()}
                                   for f, seeds in record.get("cells", {}).items()}
                           for bench, record in benchmarks.items()} for row, benchmarks in stored}
-    stages_file = s.run_dir / "stages.json"
     return {
         "classification": summarise(stored),
         "cells_by_seed": by_seed,
         "lung": collect_runs(s.run_dir / "segmentation")["lung"],
         "pretraining": [{k: v for k, v in summarise_run(d).items() if not k.startswith("_")}
                         for d in started_pretraining(s)],
-        "stages": read_json(stages_file) if stages_file.is_file() else {},
+        "stages": stages_record(s),
     }
 
 
@@ -307,7 +328,7 @@ def lung_summary(lung: Mapping[str, Any]) -> dict[str, dict[str, MeanStd]]:
     """Test Dice and HD95 (each run's mean over test images) as mean +- sd over seeds, by ``encoder_mode_fraction``."""
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for key, result in lung.items():
-        groups.setdefault(key.rsplit("_", 1)[0], []).append(result)
+        groups.setdefault(recipe_of(key), []).append(result)
     return {key: {m: mean_std(r[m]["mean"] for r in runs) for m in ("test_dice", "test_hd95")}
             for key, runs in sorted(groups.items())}
 
@@ -323,8 +344,13 @@ def dissect_vs_byol(collected: Mapping[str, Any]) -> dict[str, dict[str, MeanStd
                     for f in LABEL_FRACTIONS} for bench in BENCHMARKS}
 
 
+def _summary_cell(classification: Mapping[str, Any], row: str, bench: str, fraction: str) -> Mapping[str, Any]:
+    """A classification cell's metrics over its label samples (:func:`summarise`; empty when not measured)."""
+    return classification.get(row, {}).get(bench, {}).get("fractions", {}).get(fraction, {})
+
+
 def _value(classification: Mapping[str, Any], row: str, bench: str, fraction: str, metric: str) -> float | None:
-    entry = classification.get(row, {}).get(bench, {}).get("fractions", {}).get(fraction, {}).get(metric)
+    entry = _summary_cell(classification, row, bench, fraction).get(metric)
     return entry["mean"] if entry and entry.get("n") else None
 
 
@@ -332,7 +358,7 @@ def goals(collected: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Every goal of the issue with its measured value and status (never tuned on: test figures only reported)."""
     out = [{"goal": text, "value": _value(collected["classification"], row, bench, fraction, metric),
             "threshold": threshold} for text, row, bench, fraction, metric, threshold in GOALS]
-    lung = lung_summary(collected["lung"]).get("dissect_fine-tuned_1", {}).get("test_dice")
+    lung = lung_summary(collected["lung"]).get(SHIPPED_LUNG_RECIPE, {}).get("test_dice")
     out.append({"goal": f"lung test Dice >= {LUNG_DICE_GOAL}", "value": lung.mean if lung and lung.n else None,
                 "threshold": LUNG_DICE_GOAL})
     for item in out:
@@ -363,8 +389,9 @@ def performance_markdown(s: ReleaseSettings, metrics: Mapping[str, float | None]
 
 
 def _shipped_cell(collected: Mapping[str, Any]) -> Mapping[str, Any]:
-    return (collected["cells_by_seed"].get(SHIPPED_CLASSIFIER[0], {}).get(SHIPPED_CLASSIFIER[1], {})
-            .get(SHIPPED_CLASSIFIER[2], {}).get(SHIPPED_SEED, {}))
+    """The test metrics of the shipped classifier's own run (:data:`SHIPPED_CLASSIFIER` at :data:`SHIPPED_SEED`)."""
+    row, bench, fraction = SHIPPED_CLASSIFIER
+    return collected["cells_by_seed"].get(row, {}).get(bench, {}).get(fraction, {}).get(SHIPPED_SEED, {})
 
 
 def bundle_metrics(collected: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -384,9 +411,8 @@ def bundle_metrics(collected: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 def seed_context(s: ReleaseSettings, collected: Mapping[str, Any]) -> dict[str, str]:
     """Per shipped bundle, one sentence on the spread of its recipe over the seeds measured so far."""
-    c = collected["classification"].get(SHIPPED_CLASSIFIER[0], {}).get(SHIPPED_CLASSIFIER[1], {})
-    kermany = c.get("fractions", {}).get(SHIPPED_CLASSIFIER[2], {})
-    lung = lung_summary(collected["lung"]).get(SHIPPED_LUNG_RUN.rsplit("_", 1)[0], {})
+    kermany = _summary_cell(collected["classification"], *SHIPPED_CLASSIFIER)
+    lung = lung_summary(collected["lung"]).get(SHIPPED_LUNG_RECIPE, {})
     n_lung = len(s.segmentation_seeds)
     return {
         "dissect_cxr_pretrain": "Linear probes on the frozen embedder: L2 logistic regression on 10 % of each "
@@ -400,13 +426,6 @@ def seed_context(s: ReleaseSettings, collected: Mapping[str, Any]) -> dict[str, 
                                          f"{format_mean_std(lung.get('test_hd95'))} px; the shipped weights are "
                                          "seed 0.",
     }
-
-
-def machine() -> dict[str, Any]:
-    """Cores, AMX (``amx_tile`` in ``/proc/cpuinfo``) and the 1 / 5 / 15-minute load averages now."""
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    return {"cores": os.cpu_count(), "amx": "amx_tile" in flags, "load": [round(v, 2) for v in os.getloadavg()],
-            "processor": platform.processor() or platform.machine()}
 
 
 def _stage_cells(s: ReleaseSettings) -> dict[str, tuple[int, int, float]]:
@@ -446,8 +465,7 @@ def _stage_cells(s: ReleaseSettings) -> dict[str, tuple[int, int, float]]:
     lung_total = (1 + 2 * n_pretrained) * len(s.segmentation_fractions) * len(s.segmentation_seeds)
     out["segmentation"] = (len(lung_runs), lung_total,
                            (lung_total - len(lung_runs)) * s.segmentation_budget.steps * seconds_per["segmentation"])
-    stages_file = s.run_dir / "stages.json"
-    exported = stages_file.is_file() and read_json(stages_file).get("export", {}).get("finished", False)
+    exported = stages_record(s).get("export", {}).get("finished", False)
     bundles = len(export_sources(s))
     out["export"] = (bundles if exported else 0, bundles, 0.0 if exported else 60.0)  # of this run folder
     return out
@@ -466,6 +484,19 @@ def plan(s: ReleaseSettings) -> str:
     return "\n".join(lines)
 
 
+def runs_seconds(collected: Mapping[str, Any]) -> dict[str, float]:
+    """Per stage, the time its finished runs recorded themselves: pretraining wall seconds, every classification
+    cell's seconds, every lung run's training seconds. Unlike ``stages.json`` (the launcher's wall clock, lost when a
+    launcher is killed) it covers every attempt; it leaves out the launcher's own work between runs."""
+    return {
+        "pretrain": sum(run["wall_seconds"] or 0.0 for run in collected["pretraining"]),
+        "classification": sum(cell.get("seconds") or 0.0 for benchmarks in collected["cells_by_seed"].values()
+                              for fractions in benchmarks.values() for seeds in fractions.values()
+                              for cell in seeds.values()),
+        "segmentation": sum(result["train_seconds"] for result in collected["lung"].values()),
+    }
+
+
 def release_markdown(s: ReleaseSettings, collected: Mapping[str, Any], machine_info: Mapping[str, Any],
                      goal_rows: list[dict[str, Any]]) -> str:
     """The head of ``results/release.md``: budget, machine, wall time per stage, goals and DiSSECT vs BYOL."""
@@ -475,13 +506,18 @@ def release_markdown(s: ReleaseSettings, collected: Mapping[str, Any], machine_i
              f"epochs each, batch {s.batch_size}; fine-tune cells {ft.steps} steps of batch {ft.batch_size}; lung "
              f"runs {seg.steps} steps of batch {seg.batch_size} at {s.segmentation_size} px, seeds "
              f"{list(s.segmentation_seeds)}.",
-             f"- Machine: {machine_info['cores']} cores, AMX {'yes' if machine_info['amx'] else 'no'}, load "
-             f"{' / '.join(map(str, machine_info['load']))} (1 / 5 / 15 min) when this report was written; "
-             f"{s.threads} threads per run.", "", "| stage | wall time | finished |", "|---|---|---|"]
+             f"- Machine: {machine_info['cpu_count']} cores, AMX {'yes' if machine_info['amx'] else 'no'}, load "
+             f"{' / '.join(map(str, machine_info['load_average']))} (1 / 5 / 15 min) when this report was written; "
+             f"{s.threads} threads per run.", "",
+             "Wall time: the launcher's clock over every attempt (`stages.json`); runs' own time: what the finished "
+             "runs recorded (pretraining wall time, classification cells, lung training).", "",
+             "| stage | wall time | runs' own time | finished |", "|---|---|---|---|"]
+    own = runs_seconds(collected)
     for name in STAGES:
         entry = collected["stages"].get(name)
-        lines.append(f"| {name} | {entry['wall_seconds'] / 3600:.2f} h | {entry['finished']} |" if entry
-                     else f"| {name} | — | False |")
+        wall = f"{entry['wall_seconds'] / 3600:.2f} h" if entry else "—"
+        runs = f"{own[name] / 3600:.2f} h" if own.get(name) else "—"
+        lines.append(f"| {name} | {wall} | {runs} | {bool(entry and entry['finished'])} |")
     lines += ["", "## Goals (test figures, reported, never tuned on)", "", "| goal | measured | status |",
               "|---|---|---|"]
     for g in goal_rows:
@@ -505,7 +541,7 @@ def write_release_report(s: ReleaseSettings, results_dir: str | os.PathLike) -> 
     and ``release_segmentation.{json,md}``; returns the record."""
     results_dir = Path(results_dir)
     collected = collect_release(s)
-    machine_info, goal_rows = machine(), goals(collected)
+    machine_info, goal_rows = machine_state(), goals(collected)
     parts_written = []  # (title, report name) of the transfer stages that have results
     if collected["classification"]:
         write_label_efficiency_report(s.run_dir / "classification" / "rows", results_dir / "release_classification",
