@@ -50,6 +50,7 @@ __all__ = [
     "dissect_vs_byol",
     "export_sources",
     "goal_status",
+    "lung_dissect_vs_byol",
     "lung_key",
     "lung_recipe",
     "paired_difference",
@@ -344,6 +345,19 @@ def dissect_vs_byol(collected: Mapping[str, Any]) -> dict[str, dict[str, MeanStd
                     for f in LABEL_FRACTIONS} for bench in BENCHMARKS}
 
 
+def lung_dissect_vs_byol(lung: Mapping[str, Any]) -> dict[tuple[str, float], MeanStd]:
+    """DiSSECT - BYOL lung test Dice (each run's mean over test images) per ``(mode, label fraction)``, paired over
+    the seeds both have (:func:`paired_difference`); only where both encoders have a run."""
+    dice: dict[tuple[str, str, float], dict[int, float]] = {}
+    for result in lung.values():
+        row = result["row"]
+        dice.setdefault((row["encoder"], row["mode"], float(row["fraction"])), {})[int(result["seed"])] = \
+            result["test_dice"]["mean"]
+    return {(mode, fraction): paired_difference(seeds, dice[("byol", mode, fraction)])
+            for (encoder, mode, fraction), seeds in sorted(dice.items())
+            if encoder == "dissect" and ("byol", mode, fraction) in dice}
+
+
 def _summary_cell(classification: Mapping[str, Any], row: str, bench: str, fraction: str) -> Mapping[str, Any]:
     """A classification cell's metrics over its label samples (:func:`summarise`; empty when not measured)."""
     return classification.get(row, {}).get(bench, {}).get("fractions", {}).get(fraction, {})
@@ -531,6 +545,16 @@ def release_markdown(s: ReleaseSettings, collected: Mapping[str, Any], machine_i
     for bench, by_fraction in dissect_vs_byol(collected).items():
         lines.append(f"| {BENCHMARKS[bench].title} | "
                      + " | ".join(format_mean_std(by_fraction[fraction_key(f)]) for f in LABEL_FRACTIONS) + " |")
+    lung = lung_dissect_vs_byol(collected["lung"])
+    if lung:
+        lines += ["", "Lung segmentation test Dice difference, mean ± sd over the seeds both rows have (a seed "
+                  "draws the same label sample for both):", "",
+                  "| encoder weights | label fraction | seeds | DiSSECT - BYOL | reading |", "|---|---|---|---|---|"]
+        for (mode, fraction), diff in lung.items():
+            reading = ("one seed: no spread yet" if diff.n < 2 else
+                       "DiSSECT better by more than the spread" if diff.mean > diff.std else
+                       "BYOL better by more than the spread" if -diff.mean > diff.std else "within the spread")
+            lines.append(f"| {mode} | {fraction:.0%} | {diff.n} | {diff.mean:+.3f} ± {diff.std:.3f} | {reading} |")
     lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -557,7 +581,10 @@ def write_release_report(s: ReleaseSettings, results_dir: str | os.PathLike) -> 
     lung = {k: {m: v.as_dict() for m, v in row.items()} for k, row in lung_summary(collected["lung"]).items()}
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()
                 if k not in ("repo", "run_dir", "data_root")}
+    lung_vs_byol = [{"mode": mode, "fraction": fraction, **diff.as_dict()}
+                    for (mode, fraction), diff in lung_dissect_vs_byol(collected["lung"]).items()]
     record = {"settings": settings, "machine": machine_info, "goals": goal_rows, "lung_summary": lung,
+              "lung_dissect_vs_byol": lung_vs_byol,
               "bundle_metrics": bundle_metrics(collected), **collected}
     write_json(results_dir / "release.json", record)
     parts = [release_markdown(s, collected, machine_info, goal_rows)]
