@@ -36,6 +36,7 @@ from dissect_monai.evaluation.release import (
     paired_difference,
     plan,
     pretraining_runs,
+    recorded_runs,
     export_sources,
     lung_dissect_vs_byol,
     lung_key,
@@ -317,3 +318,29 @@ def test_release_report_has_the_pretraining_runs(tmp_path: Path, data_root: Path
     # stages without results yet get no report (not an empty table with made-up budgets)
     assert "# Classification" not in text and "# Lung segmentation" not in text
     assert not (tmp_path / "results" / "release_segmentation.md").exists()
+
+
+def test_the_report_is_not_rewritten_from_a_run_folder_lacking_recorded_runs(tmp_path: Path, data_root: Path) -> None:
+    """A new machine (or another --run-dir) must not wipe the committed record: the report refuses, naming what the
+    run folder lacks, and leaves every file as it was."""
+    settings = ReleaseSettings(repo=REPO, run_dir=tmp_path / "release", data_root=data_root, epochs=2)
+    results = tmp_path / "results"
+    for method in ("dissect", "byol"):
+        _finished_run(settings.pretrain_dir(method))
+    write_release_report(settings, results)
+    before = {p.name: p.read_bytes() for p in results.iterdir()}
+    assert recorded_runs(read_json(results / "release.json")) == {"pretraining/dissect", "pretraining/byol"}
+    shutil.rmtree(settings.pretrain_dir("byol"))
+    with pytest.raises(RuntimeError, match=r"lacks 1 finished run\(s\).*pretraining/byol.*left as it is"):
+        write_release_report(settings, results)
+    assert {p.name: p.read_bytes() for p in results.iterdir()} == before
+    write_release_report(settings, tmp_path / "elsewhere")  # a fresh results folder is written
+    _finished_run(settings.pretrain_dir("byol"))
+    write_release_report(settings, results)  # the run folder holds every recorded run again
+
+
+def test_recorded_runs_name_every_cell_and_lung_run() -> None:
+    record = {"pretraining": [{"run": "dissect"}], "lung": {"dissect_frozen_1_0": {}},
+              "cells_by_seed": {"dissect": {"kermany": {"0.1": {"0": {}, "1": {}}}}}}
+    assert recorded_runs(record) == {"pretraining/dissect", "lung/dissect_frozen_1_0",
+                                     "classification/dissect/kermany/0.1/0", "classification/dissect/kermany/0.1/1"}

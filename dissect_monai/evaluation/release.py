@@ -55,6 +55,7 @@ __all__ = [
     "lung_recipe",
     "paired_difference",
     "plan",
+    "recorded_runs",
     "release_markdown",
     "run_stage",
     "runs_seconds",
@@ -559,12 +560,34 @@ def release_markdown(s: ReleaseSettings, collected: Mapping[str, Any], machine_i
     return "\n".join(lines) + "\n"
 
 
+def recorded_runs(record: Mapping[str, Any]) -> set[str]:
+    """The finished work a release record (``collect_release``, ``release.json``) holds, one name each:
+    ``pretraining/<run>``, ``classification/<row>/<benchmark>/<fraction>/<seed>`` and ``lung/<run>``."""
+    return ({f"pretraining/{run['run']}" for run in record.get("pretraining", [])}
+            | {f"classification/{row}/{bench}/{fraction}/{seed}"
+               for row, benchmarks in record.get("cells_by_seed", {}).items()
+               for bench, fractions in benchmarks.items() for fraction, seeds in fractions.items() for seed in seeds}
+            | {f"lung/{run}" for run in record.get("lung", {})})
+
+
 def write_release_report(s: ReleaseSettings, results_dir: str | os.PathLike) -> dict[str, Any]:
     """``release.{json,md}`` in ``results_dir`` with the evaluation package's own reports beside them, each once its
     stage has results: ``release_pretraining.{json,md}`` + ``_curves.png``, ``release_classification.{json,md,png}``
-    and ``release_segmentation.{json,md}``; returns the record."""
+    and ``release_segmentation.{json,md}``; returns the record.
+
+    Raises:
+        RuntimeError: ``results_dir/release.json`` records finished runs that the run folder does not hold (a new
+            machine, another ``--run-dir``); rewriting would drop them, so nothing is written.
+    """
     results_dir = Path(results_dir)
     collected = collect_release(s)
+    previous = results_dir / "release.json"
+    missing = sorted(recorded_runs(read_json(previous)) - recorded_runs(collected)) if previous.is_file() else []
+    if missing:
+        raise RuntimeError(
+            f"{s.run_dir} lacks {len(missing)} finished run(s) that {previous} records ({', '.join(missing[:4])}"
+            f"{', ...' if len(missing) > 4 else ''}): rewriting the report would drop them, so {results_dir} is left "
+            "as it is. Resume in the run folder that holds them (--run-dir) or write the report elsewhere (--results).")
     machine_info, goal_rows = machine_state(), goals(collected)
     parts_written = []  # (title, report name) of the transfer stages that have results
     if collected["classification"]:
