@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -38,8 +39,10 @@ from dissect_monai.evaluation.release import (
     PRETRAIN_METHODS,
     STAGES,
     ReleaseSettings,
+    collect_release,
     plan,
     run_stage,
+    runs_missing_from_run_folder,
     write_release_report,
 )
 
@@ -90,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         segmentation_seeds=tuple(args.seg_seeds), pretrain_methods=tuple(args.methods or PRETRAIN_METHODS))
     if args.plan:
         print(plan(settings))
+        missing = runs_missing_from_run_folder(args.results, collect_release(settings))
+        if missing:
+            kinds = Counter(name.split("/", 1)[0] for name in missing)
+            print(f"{args.results / 'release.json'} records finished runs this run folder lacks ("
+                  + ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+                  + "): the report will not be rewritten from it; resuming here retrains them")
         return 0
     torch.set_num_threads(args.threads)
     if not args.report_only:

@@ -334,6 +334,10 @@ def test_the_report_is_not_rewritten_from_a_run_folder_lacking_recorded_runs(tmp
     with pytest.raises(RuntimeError, match=r"lacks 1 finished run\(s\).*pretraining/byol.*left as it is"):
         write_release_report(settings, results)
     assert {p.name: p.read_bytes() for p in results.iterdir()} == before
+    plan_text = subprocess.run([sys.executable, str(REPO / "scripts" / "release.py"), "--plan", "--epochs", "2",
+                                "--run-dir", str(settings.run_dir), "--results", str(results), "--data-root",
+                                str(data_root)], capture_output=True, text=True, check=True).stdout
+    assert "records finished runs this run folder lacks (1 pretraining)" in plan_text
     write_release_report(settings, tmp_path / "elsewhere")  # a fresh results folder is written
     _finished_run(settings.pretrain_dir("byol"))
     write_release_report(settings, results)  # the run folder holds every recorded run again

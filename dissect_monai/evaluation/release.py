@@ -56,6 +56,7 @@ __all__ = [
     "paired_difference",
     "plan",
     "recorded_runs",
+    "runs_missing_from_run_folder",
     "release_markdown",
     "run_stage",
     "runs_seconds",
@@ -570,6 +571,13 @@ def recorded_runs(record: Mapping[str, Any]) -> set[str]:
             | {f"lung/{run}" for run in record.get("lung", {})})
 
 
+def runs_missing_from_run_folder(results_dir: str | os.PathLike, collected: Mapping[str, Any]) -> list[str]:
+    """The finished runs (:func:`recorded_runs`) that ``results_dir/release.json`` records and the run folder's
+    record ``collected`` (:func:`collect_release`) does not hold, sorted; empty without a ``release.json``."""
+    previous = Path(results_dir) / "release.json"
+    return sorted(recorded_runs(read_json(previous)) - recorded_runs(collected)) if previous.is_file() else []
+
+
 def write_release_report(s: ReleaseSettings, results_dir: str | os.PathLike) -> dict[str, Any]:
     """``release.{json,md}`` in ``results_dir`` with the evaluation package's own reports beside them, each once its
     stage has results: ``release_pretraining.{json,md}`` + ``_curves.png``, ``release_classification.{json,md,png}``
@@ -581,13 +589,13 @@ def write_release_report(s: ReleaseSettings, results_dir: str | os.PathLike) -> 
     """
     results_dir = Path(results_dir)
     collected = collect_release(s)
-    previous = results_dir / "release.json"
-    missing = sorted(recorded_runs(read_json(previous)) - recorded_runs(collected)) if previous.is_file() else []
+    missing = runs_missing_from_run_folder(results_dir, collected)
     if missing:
         raise RuntimeError(
-            f"{s.run_dir} lacks {len(missing)} finished run(s) that {previous} records ({', '.join(missing[:4])}"
-            f"{', ...' if len(missing) > 4 else ''}): rewriting the report would drop them, so {results_dir} is left "
-            "as it is. Resume in the run folder that holds them (--run-dir) or write the report elsewhere (--results).")
+            f"{s.run_dir} lacks {len(missing)} finished run(s) that {results_dir / 'release.json'} records "
+            f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}): rewriting the report would drop them, "
+            f"so {results_dir} is left as it is. Resume in the run folder that holds them (--run-dir) or write the "
+            "report elsewhere (--results).")
     machine_info, goal_rows = machine_state(), goals(collected)
     parts_written = []  # (title, report name) of the transfer stages that have results
     if collected["classification"]:
