@@ -173,9 +173,13 @@ def test_no_gradient_path_returns_codes_and_zero_loss() -> None:
 def test_blockwise_search_equals_full_argmax() -> None:
     torch.manual_seed(0)
     cb = _initialised(num_codes=64, dim=8)
-    z = F.normalize(torch.randn(1000, 8), dim=1)  # not a multiple of the block size
-    assert cb.search_block < 1000
-    assert torch.equal(cb.assign(z), (z @ cb.codebook.t()).argmax(dim=1))
+    cb.codebook[40] = cb.codebook[7]  # a tie: both must give the first code, as argmax does
+    z = F.normalize(torch.randn(2500, 8), dim=1)  # not a multiple of the block size
+    z[:10] = cb.codebook[7]
+    assert cb.search_block < 2500
+    expected = (z @ cb.codebook.t()).argmax(dim=1)
+    assert (expected == 7).sum() >= 10 and not (expected == 40).any()
+    assert torch.equal(cb.assign(z), expected)
     assert cb.assign(z[:0]).shape == (0,)
 
 
