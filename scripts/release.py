@@ -41,6 +41,7 @@ from dissect_monai.evaluation.release import (
     ReleaseSettings,
     collect_release,
     plan,
+    require_recorded_runs,
     run_stage,
     runs_missing_from_run_folder,
     write_release_report,
@@ -101,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
                   + "): the report will not be rewritten from it; resuming here retrains them")
         return 0
     torch.set_num_threads(args.threads)
+    try:  # before any stage runs: its report could not be written
+        require_recorded_runs(settings, args.results)
+    except RuntimeError as error:
+        raise SystemExit(str(error)) from None
     if not args.report_only:
         for stage in [args.stage] if args.stage else STAGES:
             print(f"[release] stage {stage}", flush=True)

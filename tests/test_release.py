@@ -338,6 +338,11 @@ def test_the_report_is_not_rewritten_from_a_run_folder_lacking_recorded_runs(tmp
                                 "--run-dir", str(settings.run_dir), "--results", str(results), "--data-root",
                                 str(data_root)], capture_output=True, text=True, check=True).stdout
     assert "records finished runs this run folder lacks (1 pretraining)" in plan_text
+    stage = subprocess.run([sys.executable, str(REPO / "scripts" / "release.py"), "--stage", "export", "--epochs",
+                            "2", "--run-dir", str(settings.run_dir), "--results", str(results), "--data-root",
+                            str(data_root)], capture_output=True, text=True)
+    assert stage.returncode != 0 and "pretraining/byol" in stage.stderr and "left as it is" in stage.stderr
+    assert not (settings.run_dir / "stages.json").exists()  # refused before the stage started
     write_release_report(settings, tmp_path / "elsewhere")  # a fresh results folder is written
     _finished_run(settings.pretrain_dir("byol"))
     write_release_report(settings, results)  # the run folder holds every recorded run again

@@ -57,6 +57,7 @@ __all__ = [
     "plan",
     "recorded_runs",
     "release_markdown",
+    "require_recorded_runs",
     "run_stage",
     "runs_missing_from_run_folder",
     "runs_seconds",
@@ -578,6 +579,19 @@ def runs_missing_from_run_folder(results_dir: str | os.PathLike, collected: Mapp
     return sorted(recorded_runs(read_json(previous)) - recorded_runs(collected)) if previous.is_file() else []
 
 
+def require_recorded_runs(s: ReleaseSettings, results_dir: str | os.PathLike,
+                          collected: Mapping[str, Any] | None = None) -> None:
+    """Raise ``RuntimeError`` when the run folder lacks finished runs that ``results_dir/release.json`` records
+    (:func:`runs_missing_from_run_folder`; ``collected`` defaults to :func:`collect_release` of ``s``)."""
+    missing = runs_missing_from_run_folder(results_dir, collect_release(s) if collected is None else collected)
+    if missing:
+        raise RuntimeError(
+            f"{s.run_dir} lacks {len(missing)} finished run(s) that {Path(results_dir) / 'release.json'} records "
+            f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}): rewriting the report would drop them, "
+            f"so {results_dir} is left as it is. Resume in the run folder that holds them (--run-dir) or write the "
+            "report elsewhere (--results).")
+
+
 def write_release_report(s: ReleaseSettings, results_dir: str | os.PathLike) -> dict[str, Any]:
     """``release.{json,md}`` in ``results_dir`` with the evaluation package's own reports beside them, each once its
     stage has results: ``release_pretraining.{json,md}`` + ``_curves.png``, ``release_classification.{json,md,png}``
@@ -585,17 +599,12 @@ def write_release_report(s: ReleaseSettings, results_dir: str | os.PathLike) -> 
 
     Raises:
         RuntimeError: ``results_dir/release.json`` records finished runs that the run folder does not hold (a new
-            machine, another ``--run-dir``); rewriting would drop them, so nothing is written.
+            machine, another ``--run-dir``; :func:`require_recorded_runs`); rewriting would drop them, so nothing is
+            written.
     """
     results_dir = Path(results_dir)
     collected = collect_release(s)
-    missing = runs_missing_from_run_folder(results_dir, collected)
-    if missing:
-        raise RuntimeError(
-            f"{s.run_dir} lacks {len(missing)} finished run(s) that {results_dir / 'release.json'} records "
-            f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}): rewriting the report would drop them, "
-            f"so {results_dir} is left as it is. Resume in the run folder that holds them (--run-dir) or write the "
-            "report elsewhere (--results).")
+    require_recorded_runs(s, results_dir, collected)
     machine_info, goal_rows = machine_state(), goals(collected)
     parts_written = []  # (title, report name) of the transfer stages that have results
     if collected["classification"]:
