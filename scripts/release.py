@@ -14,8 +14,10 @@ Stages (:mod:`dissect_monai.evaluation.release`, every one through the bundles' 
 
 State lives in ``--run-dir`` (default ``~/.cache/dissect-monai/release``); a rerun skips every finished run and
 cell. Stop a run with SIGINT or SIGTERM (``pkill -INT -f scripts/release.py``): the stage records its time so
-far. After each stage ``results/release.{json,md}`` is rewritten. TorchScript is rebuilt from a shipped
-``model.pt`` by ``python -m monai.bundle ckpt_export`` (:mod:`dissect_monai.engines.export`).
+far. After each stage ``results/release.{json,md}`` is rewritten, never from a run folder that lacks runs the
+committed ``release.json`` records (a new machine: ``--plan`` says so; ``--performance-from-record`` still refreshes
+the bundles' Performance sections from that record). TorchScript is rebuilt from a shipped ``model.pt`` by
+``python -m monai.bundle ckpt_export`` (:mod:`dissect_monai.engines.export`).
 
     python scripts/release.py --plan
     nohup python scripts/release.py --stage pretrain --method dissect > ~/.cache/dissect-monai/release.log 2>&1 &
@@ -40,10 +42,13 @@ from dissect_monai.evaluation.release import (
     STAGES,
     ReleaseSettings,
     collect_release,
+    export_sources,
     plan,
+    read_release_record,
     require_recorded_runs,
     run_stage,
     runs_missing_from_run_folder,
+    write_performance_sections,
     write_release_report,
 )
 
@@ -55,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plan", action="store_true", help="print the stages, what is finished and the time left; run none")
     p.add_argument("--stage", choices=STAGES, help="run this stage only (default: every stage in order)")
     p.add_argument("--report-only", action="store_true", help="only rewrite results/release.* from the run folder")
+    p.add_argument("--performance-from-record", action="store_true",
+                   help="only rewrite the shipped bundles' README Performance sections from the committed "
+                        "results/release.json (for a machine whose run folder no longer holds the runs)")
     p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
     p.add_argument("--data-root", type=Path, default=None, help="default: $DISSECT_DATA_DIR (default_data_root)")
     p.add_argument("--results", type=Path, default=RESULTS, help="folder of release.{json,md}")
@@ -100,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.results / 'release.json'} records finished runs this run folder lacks ("
                   + ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
                   + "): the report will not be rewritten from it; resuming here retrains them")
+        return 0
+    if args.performance_from_record:
+        write_performance_sections(settings, read_release_record(settings, args.results / "release.json"))
+        print(f"rewrote the Performance sections of {', '.join(export_sources(settings))}", file=sys.stderr)
         return 0
     torch.set_num_threads(args.threads)
     try:  # before any stage runs: its report could not be written

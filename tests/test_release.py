@@ -36,6 +36,7 @@ from dissect_monai.evaluation.release import (
     paired_difference,
     plan,
     pretraining_runs,
+    read_release_record,
     recorded_runs,
     export_sources,
     lung_dissect_vs_byol,
@@ -45,6 +46,7 @@ from dissect_monai.evaluation.release import (
     run_stage,
     seed_context,
     segmentation_runs,
+    write_performance_sections,
     write_release_report,
 )
 from dissect_monai.evaluation.results import read_json
@@ -353,3 +355,34 @@ def test_recorded_runs_name_every_cell_and_lung_run() -> None:
               "cells_by_seed": {"dissect": {"kermany": {"0.1": {"0": {}, "1": {}}}}}}
     assert recorded_runs(record) == {"pretraining/dissect", "lung/dissect_frozen_1_0",
                                      "classification/dissect/kermany/0.1/0", "classification/dissect/kermany/0.1/1"}
+
+
+def _shipped_bundles_copy(tmp_path: Path) -> Path:
+    """A repository folder with the shipped bundles' configs and docs (the Performance sections are written there)."""
+    for name in SHIPPED:
+        for part in ("configs", "docs"):
+            shutil.copytree(REPO / "bundles" / name / part, tmp_path / "bundles" / name / part)
+    return tmp_path
+
+
+def test_the_committed_record_gives_the_shipped_performance_sections(tmp_path: Path) -> None:
+    """``--performance-from-record`` on the committed results/release.json reproduces every shipped README's
+    Performance section (its figures of the shipped weights are the bundles' eval_metrics), and refuses a record
+    of another budget or a bundle whose eval_metrics are another run's."""
+    repo = _shipped_bundles_copy(tmp_path)
+    settings = ReleaseSettings(repo=repo)
+    record = read_release_record(settings, REPO / "results" / "release.json")
+    assert all(isinstance(seed, int) for row in record["cells_by_seed"].values() for fractions in row.values()
+               for seeds in fractions.values() for seed in seeds)
+    write_performance_sections(settings, record)
+    for name in SHIPPED:
+        readme = Path("bundles") / name / "docs" / "README.md"
+        assert (repo / readme).read_text() == (REPO / readme).read_text(), readme
+    with pytest.raises(ValueError, match="was made with settings"):
+        read_release_record(ReleaseSettings(repo=repo, epochs=2), REPO / "results" / "release.json")
+    metadata_file = repo / "bundles" / "dissect_cxr_lung_segmentation" / "configs" / "metadata.json"
+    metadata = json.loads(metadata_file.read_text())
+    metadata["eval_metrics"]["test_mean_dice"] = 0.5
+    metadata_file.write_text(json.dumps(metadata))
+    with pytest.raises(ValueError, match="dissect_cxr_lung_segmentation: eval_metrics .* export them again"):
+        write_performance_sections(settings, record)

@@ -13,6 +13,7 @@ Each stage skips what is finished (runs with a ``model.pt`` and exit 0, stored c
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -55,6 +56,7 @@ __all__ = [
     "lung_recipe",
     "paired_difference",
     "plan",
+    "read_release_record",
     "recorded_runs",
     "release_markdown",
     "require_recorded_runs",
@@ -62,6 +64,8 @@ __all__ = [
     "runs_missing_from_run_folder",
     "runs_seconds",
     "segmentation_runs",
+    "settings_record",
+    "write_performance_sections",
     "write_release_report",
 ]
 
@@ -266,15 +270,57 @@ def run_export(s: ReleaseSettings, log: Callable[[str], None]) -> None:
     if missing:
         raise FileNotFoundError(f"export needs the finished runs first; missing: {missing}")
     collected = collect_release(s)
-    metrics, context = bundle_metrics(collected), seed_context(s, collected)
+    metrics = bundle_metrics(collected)
     for name, source in sources.items():
         entry = export_bundle_weights(source, s.bundle(name))
         update_metadata(s.bundle(name), metrics[name], RELEASE_VERSION,
                         f"release weights from `scripts/release.py` ({s.epochs} pretraining epochs at "
                         f"{s.image_size} px; eval_metrics measured on the test split)")
+        log(f"[export] {name}: {entry['path']} sha256 {entry['hash_val'][:12]}")
+    write_performance_sections(s, collected)
+
+
+def write_performance_sections(s: ReleaseSettings, collected: Mapping[str, Any]) -> None:
+    """The ``Performance`` section of each shipped bundle's ``docs/README.md`` from a release record
+    (:func:`collect_release`, or :func:`read_release_record` of the committed one): the test figures of the shipped
+    weights (:func:`bundle_metrics`), the same recipe over the seeds measured (:func:`seed_context`) and the command.
+
+    Raises:
+        ValueError: the record's figures of the shipped weights are not the bundle's ``eval_metrics`` (the
+            weights were exported from other runs: export them again).
+    """
+    metrics, context = bundle_metrics(collected), seed_context(s, collected)
+    for name in export_sources(s):
+        metadata = read_json(s.bundle(name) / "configs" / "metadata.json")
+        if metadata.get("eval_metrics") != metrics[name]:
+            raise ValueError(f"{s.bundle(name)}: eval_metrics {metadata.get('eval_metrics')} are not the record's "
+                             f"figures of the shipped weights {metrics[name]}; export them again (--stage export)")
         replace_readme_section(s.bundle(name) / "docs" / "README.md", "Performance",
                                performance_markdown(s, metrics[name], context[name]))
-        log(f"[export] {name}: {entry['path']} sha256 {entry['hash_val'][:12]}")
+
+
+def settings_record(s: ReleaseSettings) -> dict[str, Any]:
+    """The budget part of ``s`` as ``release.json`` records it (no paths)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()
+            if k not in ("repo", "run_dir", "data_root")}
+
+
+def read_release_record(s: ReleaseSettings, path: str | os.PathLike) -> dict[str, Any]:
+    """A committed ``release.json`` as :func:`collect_release` returns it (the seeds of its classification cells
+    are ints again; JSON kept them as strings).
+
+    Raises:
+        ValueError: the record was made at another budget than ``s`` (its ``settings``).
+    """
+    record = read_json(path)
+    if record.get("settings") != json.loads(json.dumps(settings_record(s))):
+        raise ValueError(f"{path} was made with settings {record.get('settings')}, not {settings_record(s)}: pass "
+                         "the release's own budget")
+    record["cells_by_seed"] = {row: {bench: {f: {int(seed): c for seed, c in seeds.items()}
+                                             for f, seeds in fractions.items()}
+                                     for bench, fractions in benchmarks.items()}
+                               for row, benchmarks in record.get("cells_by_seed", {}).items()}
+    return record
 
 
 #: a runner returns ``False`` when it ran only part of its stage (``pretrain`` with one of its methods)
@@ -619,8 +665,7 @@ def write_release_report(s: ReleaseSettings, results_dir: str | os.PathLike) -> 
     summaries = (write_pretraining_report(pretrained, results_dir, name="release_pretraining", source=REPORT_SOURCE)
                  if pretrained else [])
     lung = {k: {m: v.as_dict() for m, v in row.items()} for k, row in lung_summary(collected["lung"]).items()}
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()
-                if k not in ("repo", "run_dir", "data_root")}
+    settings = settings_record(s)
     lung_vs_byol = [{"mode": mode, "fraction": fraction, **diff.as_dict()}
                     for (mode, fraction), diff in lung_dissect_vs_byol(collected["lung"]).items()]
     record = {"settings": settings, "machine": machine_info, "goals": goal_rows, "lung_summary": lung,
