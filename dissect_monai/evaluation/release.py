@@ -316,9 +316,7 @@ def read_release_record(s: ReleaseSettings, path: str | os.PathLike) -> dict[str
     if record.get("settings") != json.loads(json.dumps(settings_record(s))):
         raise ValueError(f"{path} was made with settings {record.get('settings')}, not {settings_record(s)}: pass "
                          "the release's own budget")
-    record["cells_by_seed"] = {row: {bench: {f: {int(seed): c for seed, c in seeds.items()}
-                                             for f, seeds in fractions.items()}
-                                     for bench, fractions in benchmarks.items()}
+    record["cells_by_seed"] = {row: {bench: _cells_by_int_seed(fractions) for bench, fractions in benchmarks.items()}
                                for row, benchmarks in record.get("cells_by_seed", {}).items()}
     return record
 
@@ -357,13 +355,17 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float]) -> MeanStd
     return mean_std(a[seed] - b[seed] for seed in sorted(set(a) & set(b)))
 
 
+def _cells_by_int_seed(fractions: Mapping[str, Mapping[Any, Any]]) -> dict[str, dict[int, Any]]:
+    """``{fraction: {seed: cell}}`` with int seeds (RowStores and ``release.json`` keep them as strings)."""
+    return {f: {int(seed): cell for seed, cell in seeds.items()} for f, seeds in fractions.items()}
+
+
 def collect_release(s: ReleaseSettings) -> dict[str, Any]:
     """What the run folder holds: classification summary (:func:`summarise`), every classification cell by row,
     benchmark, fraction and seed, lung runs, pretraining summaries and stage times."""
     stored = RowStore.load_all(s.run_dir / "classification" / "rows")
-    by_seed = {row.name: {bench: {f: {int(seed): c for seed, c in seeds.items()}
-                                  for f, seeds in record.get("cells", {}).items()}
-                          for bench, record in benchmarks.items()} for row, benchmarks in stored}
+    by_seed = {row.name: {bench: _cells_by_int_seed(record.get("cells", {})) for bench, record in benchmarks.items()}
+               for row, benchmarks in stored}
     return {
         "classification": summarise(stored),
         "cells_by_seed": by_seed,
